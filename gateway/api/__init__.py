@@ -1,0 +1,1 @@
+"""HTTP routes: wiring only, one module per surface; the logic lives in the serving layer."""

@@ -1,0 +1,45 @@
+"""Typed dependencies handed to the routes: long-lived services from the lifespan, and the bounded body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..catalog import Catalog
+from ..errors import InvalidRequest, PayloadTooLarge
+from ..inference import InferenceService
+
+
+def get_inference(request: Request) -> InferenceService:
+    return request.app.state.inference  # type: ignore[no-any-return]
+
+
+def get_catalog(request: Request) -> Catalog:
+    return request.app.state.inference.catalog  # type: ignore[no-any-return]
+
+
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+
+
+def request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never read whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("The Content-Length header is not a number.")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)

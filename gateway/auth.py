@@ -1,0 +1,128 @@
+"""API keys, roles and permissions: who is calling (authentication) and what they may do (authorization).
+
+Keys are only ever held as SHA-256 digests and compared in constant time. The key store is a small
+protocol so the bootstrap admin key (from CITADEL_ADMIN_KEY) and, later, database-backed keys share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Request
+
+from .errors import AuthenticationFailed, PermissionDenied
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    VIEWER = "viewer"
+
+
+class Permission(StrEnum):
+    MODELS_READ = "models:read"
+    INFERENCE = "inference"
+    ADMIN = "admin"
+
+
+# Deny by default: a role has exactly the permissions listed here.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.USER: frozenset({Permission.MODELS_READ, Permission.INFERENCE}),
+    Role.VIEWER: frozenset({Permission.MODELS_READ}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. `key_id` and `name` are safe to log; the secret never is."""
+
+    key_id: str
+    name: str
+    role: Role
+    allowed_models: frozenset[str] | None = None  # None: every model
+
+    def can(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+def key_digest(key: str) -> bytes:
+    """The only form in which a key is kept."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyStore(Protocol):
+    async def authenticate(self, presented_key: str) -> Principal | None: ...
+
+
+class StaticKeyStore:
+    """The bootstrap admin key from the settings; the database-backed store grows from this protocol."""
+
+    def __init__(self, admin_key: str) -> None:
+        self._admin_digest = key_digest(admin_key)
+        self._admin = Principal(key_id="bootstrap-admin", name="bootstrap-admin", role=Role.ADMIN)
+
+    async def authenticate(self, presented_key: str) -> Principal | None:
+        if hmac.compare_digest(key_digest(presented_key), self._admin_digest):
+            return self._admin
+        return None
+
+
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The key from an `Authorization: Bearer <key>` header value, or None."""
+    if not authorization or len(authorization) > 1024:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+# Set on each guard dependency so create_app can verify that no route goes unguarded.
+PERMISSION_ATTR = "__citadel_permission__"
+PUBLIC = "public"
+
+AsyncGuard = Callable[[Request], Awaitable[Principal | None]]
+
+
+def require(permission: Permission) -> AsyncGuard:
+    """A route dependency: the caller (authenticated by the middleware) must hold `permission`."""
+
+    async def guard(request: Request) -> Principal:
+        principal: Principal | None = request.scope.get("state", {}).get("principal")
+        if principal is None:
+            raise AuthenticationFailed()
+        if not principal.can(permission):
+            raise PermissionDenied(f"This key's role ({principal.role}) may not do this ({permission}).")
+        return principal
+
+    setattr(guard, PERMISSION_ATTR, permission)
+    return guard
+
+
+async def public(request: Request) -> None:
+    """A route dependency marking a route that needs no key (liveness only)."""
+    return None
+
+
+setattr(public, PERMISSION_ATTR, PUBLIC)
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller, for handlers; the route's own `require` guard has already checked the role."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        raise AuthenticationFailed()
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -1,0 +1,187 @@
+"""The model catalogue: loads config/models.yaml (with ${VAR:-default} expansion and profiles)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The models file is missing, malformed or inconsistent."""
+
+
+def expand_env(value: Any, env: dict[str, str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is None:
+                raise ConfigError(f"models file refers to ${{{name}}}, which is not set")
+            return default
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, list):
+        return [expand_env(item, env) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_env(item, env) for key, item in value.items()}
+    return value
+
+
+def _split_urls(value: Any) -> list[str]:
+    """Accept a list of URLs or one comma-separated string (handy from an environment variable)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+    if not urls:
+        raise ValueError("at least one backend URL is required")
+    return urls
+
+
+class ModelSpec(BaseModel):
+    """One public model name and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["chat", "embedding"]
+    display_name: str
+    weights: str
+    port: int
+    cpus: float
+    memory_gb: float
+    kv_cache_gb: float = 1
+    max_model_len: int
+    max_tokens: int = Field(gt=0)
+    temperature: float = 0.7
+    latency_target_ms: int
+    dimensions: int | None = None
+    backends: list[str]
+    upstream_model: str = ""
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backends(cls, value: Any) -> list[str]:
+        return _split_urls(value)
+
+    @property
+    def upstream_name(self) -> str:
+        """The name the vLLM server knows this model by."""
+        return self.upstream_model or self.name
+
+
+class ServerSpec(BaseModel):
+    """One vLLM server process that the stack runner starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    weights: str
+    host: str = "127.0.0.1"
+    port: int
+    serves: list[str] = Field(min_length=1)
+    max_model_len: int
+    kv_cache_gb: float = 1
+    cpus: float | None = None
+    args: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Catalog(BaseModel):
+    """Every model the gateway serves, and the vLLM servers that serve them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: dict[str, ModelSpec]
+    servers: list[ServerSpec]
+    profile: str | None = None
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.models.get(name)
+
+
+def _default_servers(models: dict[str, ModelSpec]) -> list[ServerSpec]:
+    """Without a profile, every model has a server of its own on its port."""
+    return [
+        ServerSpec(
+            name=spec.name,
+            weights=spec.weights,
+            port=spec.port,
+            serves=[spec.name],
+            max_model_len=spec.max_model_len,
+            kv_cache_gb=spec.kv_cache_gb,
+            cpus=spec.cpus,
+            args=["--runner", "pooling"] if spec.kind == "embedding" else [],
+        )
+        for spec in models.values()
+    ]
+
+
+def _apply_profile(
+    models: dict[str, ModelSpec], raw_profile: dict[str, Any]
+) -> tuple[dict[str, ModelSpec], list[ServerSpec]]:
+    """Point each model at the profile's server that serves it; its first name is the upstream name."""
+    host = str(raw_profile.get("host", "127.0.0.1"))
+    servers = [
+        ServerSpec(name=name, host=host, **fields) for name, fields in (raw_profile.get("servers") or {}).items()
+    ]
+    served_by: dict[str, ServerSpec] = {}
+    for server in servers:
+        for model_name in server.serves:
+            if model_name not in models:
+                raise ConfigError(f"server {server.name!r} serves unknown model {model_name!r}")
+            if model_name in served_by:
+                raise ConfigError(f"model {model_name!r} is served by two servers")
+            served_by[model_name] = server
+    rewired = {}
+    for name, spec in models.items():
+        server = served_by.get(name)
+        if server is None:
+            raise ConfigError(f"profile serves no server for model {name!r}")
+        rewired[name] = spec.model_copy(
+            update={
+                "backends": [server.url],
+                "upstream_model": server.serves[0],
+                # A small server cannot generate more than its context allows.
+                "max_tokens": min(spec.max_tokens, server.max_model_len),
+                "max_model_len": server.max_model_len,
+            }
+        )
+    return rewired, servers
+
+
+def load_catalog(path: Path, *, profile: str | None = None, env: dict[str, str] | None = None) -> Catalog:
+    """Read and validate the models file; raise ConfigError with a readable message on any problem."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read models file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"models file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
+        raise ConfigError(f"models file {path} needs a top-level 'models' mapping")
+    raw = expand_env(raw, dict(os.environ) if env is None else env)
+    try:
+        models = {name: ModelSpec(name=name, **fields) for name, fields in raw["models"].items()}
+        if not profile:
+            return Catalog(models=models, servers=_default_servers(models))
+        profiles = raw.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"profile {profile!r} is not in {path} (known: {', '.join(profiles) or 'none'})")
+        models, servers = _apply_profile(models, profiles[profile])
+        return Catalog(models=models, servers=servers, profile=profile)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"models file {path} is invalid: {exc}") from exc

@@ -1,0 +1,165 @@
+"""The gateway's one error family, rendered in one place in the OpenAI error shape.
+
+    APIError                      500 internal_error
+    +-- InvalidRequest            400 invalid_request_error
+    |   +-- PayloadTooLarge       413
+    |   +-- ModelNotFound         404 (code model_not_found)
+    |   +-- NotFound              404
+    +-- AuthenticationFailed      401 authentication_error
+    +-- PermissionDenied          403 permission_error
+    +-- UpstreamError             502 upstream_error        (the model server broke the exchange)
+        +-- UpstreamStatus        the upstream's own 4xx/5xx, message sanitised
+        +-- UpstreamUnavailable   503 service_unavailable   (refused, unreachable)
+        +-- UpstreamTimeout       504 timeout
+
+Library errors (aiohttp, pydantic, Starlette) are translated at the boundary to the most specific class.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+# Error messages must never echo a whole input back; long texts are cut to this.
+MAX_MESSAGE_CHARS = 500
+
+
+class APIError(Exception):
+    """Base of every error a client may see; knows its HTTP status and OpenAI `type`."""
+
+    status_code = 500
+    error_type = "internal_error"
+    default_code: str | int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message[:MAX_MESSAGE_CHARS]
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def to_response(self) -> Response:
+        return Response(
+            self.to_bytes(), status_code=self.status_code, headers=self.headers, media_type="application/json"
+        )
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class NotFound(InvalidRequest):
+    status_code = 404
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        shown = model if len(model) <= 64 else model[:64] + "..."
+        super().__init__(f"The model '{shown}' does not exist or you do not have access to it.", param="model")
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def __init__(self, message: str = "Invalid or missing API key. Send 'Authorization: Bearer <key>'.") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(APIError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+
+
+class UpstreamError(APIError):
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class UpstreamStatus(UpstreamError):
+    """The model server answered with an error status; its message is passed on, trimmed."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | int | None = None):
+        super().__init__(message, param=param, code=code)
+        self.status_code = status
+        self.error_type = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "model_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "timeout"
+    default_code = "upstream_timeout"
+
+
+_STARLETTE_STATUS_MESSAGES = {404: "Not found.", 405: "Method not allowed."}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, ours or a library's, in the OpenAI shape; never a traceback."""
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return exc.to_response()
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = _STARLETTE_STATUS_MESSAGES.get(exc.status_code, "Request failed.")
+        error_class = NotFound if exc.status_code == 404 else InvalidRequest
+        error = error_class(message, headers=dict(exc.headers or {}))
+        error.status_code = exc.status_code
+        return error.to_response()
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        location = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        return InvalidRequest(f"Invalid request: {first.get('msg', 'malformed input')}", param=location).to_response()
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Logged with its traceback on the server side only; the client gets a generic message.
+        log.exception("unhandled error while serving %s %s", request.method, request.url.path)
+        return APIError("The server had an error while processing your request.").to_response()
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

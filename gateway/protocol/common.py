@@ -1,0 +1,42 @@
+"""Shared request parsing: bytes in, a validated model out, or a 400 that names the bad field."""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidRequest
+
+T = TypeVar("T", bound=BaseModel)
+
+# Strict: "0.5" is not a number and 1 is not a string; a wrong type is a 400, not a silent coercion.
+# Unknown fields are dropped, so only what a model declares reaches vLLM.
+WIRE_CONFIG = ConfigDict(extra="ignore", strict=True)
+
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+Stop = str | Annotated[list[str], Field(max_length=4)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class StreamOptions(BaseModel):
+    model_config = WIRE_CONFIG
+
+    include_usage: bool | None = None
+
+
+def parse_request(model: type[T], body: bytes) -> T:
+    """Validate a JSON request body against `model`; every failure becomes an OpenAI-style 400."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    if body.lstrip()[:1] != b"{":
+        # Also catches malformed JSON early with a clearer message than the validator's.
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequest("The request body is not valid JSON.") from None
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from None

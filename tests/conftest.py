@@ -1,0 +1,27 @@
+"""Shared fixtures: settings that never read the developer's .env, and free ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings
+from tests.support.catalogs import ADMIN_KEY
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(config_path: Path, **overrides: object) -> Settings:
+    """Settings for a test: only what is passed here, never the environment's .env file."""
+    return Settings(_env_file=None, admin_key=ADMIN_KEY, config_path=config_path, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}

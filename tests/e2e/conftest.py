@@ -1,0 +1,72 @@
+"""The real stack (vLLM CPU servers + gateway), started exactly as `make run` starts it, on its own ports.
+
+Teardown sends SIGINT (what Ctrl-C does) and checks the runner stopped every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import free_port
+from tests.support import processes
+from tests.support.catalogs import ADMIN_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+# Model servers take 1-3 minutes on 2 cores; the first run also makes the demo model.
+STACK_READY_TIMEOUT_S = 900
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ports = {"CITADEL_DEMO_CHAT_PORT": free_port(), "CITADEL_EMBED_PORT": free_port(), "gateway": free_port()}
+    env = {
+        **os.environ,
+        "CITADEL_ADMIN_KEY": ADMIN_KEY,
+        "CITADEL_PROFILE": "local",
+        "CITADEL_DEMO_CHAT_PORT": str(ports["CITADEL_DEMO_CHAT_PORT"]),
+        "CITADEL_EMBED_PORT": str(ports["CITADEL_EMBED_PORT"]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path_factory.mktemp("e2e") / "stack.log"
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    runner = processes.start(
+        [sys.executable, "-m", "services.stack", "--gateway-port", str(ports["gateway"])],
+        env=env,
+        cwd=ROOT,
+        log=log,
+        health_url=f"{url}/health",
+        timeout_s=STACK_READY_TIMEOUT_S,
+    )
+    try:
+        yield url
+    finally:
+        # Ctrl-C: the runner must stop the gateway and both model servers, then exit 0.
+        os.kill(runner.pid, signal.SIGINT)
+        try:
+            code = runner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            processes.stop(runner, sig=signal.SIGKILL)
+            detail = log.read_text()[-3000:]
+            raise AssertionError(f"the stack did not stop within 60 s of Ctrl-C; log:\n{detail}") from None
+        assert code == 0, log.read_text()[-3000:]
+        still_up = [name for name, port in ports.items() if _listening(port)]
+        assert not still_up, f"still listening after Ctrl-C: {still_up}"
+
+
+@pytest.fixture(scope="session")
+def client(gateway_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)

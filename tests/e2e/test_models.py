@@ -1,0 +1,103 @@
+"""Every model through the real stack with the official openai SDK: chat (stream and not), completions,
+embeddings, the models list, and the 404/401 a user would hit. The demo model's words are noise, so the
+tests check shapes, names and termination, not text; embeddings come from the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+
+from tests.support.catalogs import ADMIN_KEY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+CHAT_MODELS = ["mixtral", "hermes", "openchat", "phi3"]
+MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
+
+
+def test_models_list_has_every_model(client: openai.OpenAI) -> None:
+    names = {model.id for model in client.models.list()}
+    assert names == {*CHAT_MODELS, "embed"}
+    assert client.models.retrieve("phi3").id == "phi3"
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_chat_completion(client: openai.OpenAI, model: str) -> None:
+    answer = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16)  # type: ignore[arg-type]
+    assert answer.model == model
+    assert answer.object == "chat.completion"
+    assert isinstance(answer.choices[0].message.content, str)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 16
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_chat_completion_stream(client: openai.OpenAI, model: str) -> None:
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert len(chunks) > 2
+    assert all(chunk.model == model for chunk in chunks)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_text_completion(client: openai.OpenAI, model: str) -> None:
+    completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8)
+    assert completion.model == model
+    assert isinstance(completion.choices[0].text, str)
+
+
+def test_text_completion_stream(client: openai.OpenAI) -> None:
+    chunks = list(client.completions.create(model="phi3", prompt="Once upon a time", max_tokens=8, stream=True))
+    assert chunks and all(chunk.model == "phi3" for chunk in chunks)
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_embeddings_are_real_384_dimension_vectors(client: openai.OpenAI) -> None:
+    texts = ["A cat sleeps on the sofa.", "A kitten naps on the couch.", "Interest rates rose on Monday."]
+    result = client.embeddings.create(model="embed", input=texts)
+    assert result.model == "embed"
+    vectors = [item.embedding for item in result.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    # A real sentence model puts the two pet sentences closer together than either is to finance.
+    assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2]) + 0.2
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-17", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def test_wrong_key_is_401(gateway_url: str) -> None:
+    bad = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_request_id_is_echoed_through_the_real_stack(gateway_url: str) -> None:
+    body = {"model": "phi3", "messages": MESSAGES, "max_tokens": 4}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-ID": "e2e-trace-1"}
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "e2e-trace-1"
+
+
+def test_max_tokens_over_the_model_limit_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="phi3", messages=MESSAGES, max_tokens=100_000)  # type: ignore[arg-type]
+    assert caught.value.status_code == 400
