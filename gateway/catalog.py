@@ -146,16 +146,16 @@ def _apply_profile(
             served_by[model_name] = server
     rewired = {}
     for name, spec in models.items():
-        server = served_by.get(name)
-        if server is None:
-            raise ConfigError(f"profile serves no server for model {name!r}")
+        if name not in served_by:
+            raise ConfigError(f"profile has no server for model {name!r}")
+        serving = served_by[name]
         rewired[name] = spec.model_copy(
             update={
-                "backends": [server.url],
-                "upstream_model": server.serves[0],
+                "backends": [serving.url],
+                "upstream_model": serving.serves[0],
                 # A small server cannot generate more than its context allows.
-                "max_tokens": min(spec.max_tokens, server.max_model_len),
-                "max_model_len": server.max_model_len,
+                "max_tokens": min(spec.max_tokens, serving.max_model_len),
+                "max_model_len": serving.max_model_len,
             }
         )
     return rewired, servers

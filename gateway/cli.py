@@ -12,15 +12,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .catalog import ConfigError, load_catalog
-    from .settings import Settings, config_environment
+    from .settings import Settings, config_environment, describe_settings_error
 
     try:
         settings = Settings()  # type: ignore[call-arg]
         # Check the models file here so a mistake is one clear line, not a traceback per worker.
         load_catalog(settings.config_path, profile=settings.profile, env=config_environment())
     except ValidationError as exc:
-        missing = ", ".join(f"CITADEL_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors())
-        print(f"citadel: invalid or missing settings: {missing} (see .env.example)", file=sys.stderr)
+        print(f"citadel: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
     except ConfigError as exc:
         print(f"citadel: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +44,9 @@ def config_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
     """The variables config/models.yaml may refer to: `.env` values, overridden by the real environment."""
     values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file else {}
     return {**values, **os.environ}
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """Which variables are missing or invalid, by name, without echoing their values."""
+    names = ", ".join(f"CITADEL_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors())
+    return f"invalid or missing settings: {names} (see .env.example)"

@@ -20,7 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gateway.catalog import ConfigError, ServerSpec, load_catalog
+from gateway.settings import Settings, describe_settings_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "citadel"
@@ -91,14 +94,18 @@ def vllm_command(server: ServerSpec, *, weights: str, vllm_python: Path) -> list
         "--host", server.host,
         "--port", str(server.port),
         "--max-model-len", str(server.max_model_len),
+        # An explicit KV-cache size; without one vLLM sizes it from NUMA-node memory and may refuse to start.
+        "--kv-cache-memory-bytes", str(int(server.kv_cache_gb * 2**30)),
+        "--disable-uvicorn-access-log",
         *server.args,
     ]  # fmt: skip
 
 
-def vllm_env(server: ServerSpec) -> dict[str, str]:
+def vllm_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(server.kv_cache_gb)))
+    # It would override --kv-cache-memory-bytes.
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     return env
 
 
@@ -206,15 +213,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("CITADEL_READY_TIMEOUT", "600")))
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop cleanly when run under a supervisor too
+    # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored, and a supervisor
+    # stops with SIGTERM; both must stop everything we start.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     ensure_env_file(ROOT / ".env", ROOT / ".env.example")
     env_file = read_env_file(ROOT / ".env")
-    admin_key = os.environ.get("CITADEL_ADMIN_KEY") or env_file.get("CITADEL_ADMIN_KEY", "")
     profile = (
         args.profile
         if args.profile is not None
         else os.environ.get("CITADEL_PROFILE", env_file.get("CITADEL_PROFILE", "local"))
     )
+    try:
+        # The gateway would refuse to start without its settings; say so before starting model servers.
+        Settings(_env_file=ROOT / ".env")  # type: ignore[call-arg]
+    except ValidationError as exc:
+        say(describe_settings_error(exc))
+        return 2
     try:
         catalog = load_catalog(ROOT / "config" / "models.yaml", profile=profile, env={**env_file, **os.environ})
     except ConfigError as exc:
@@ -242,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = resolve_weights(server.weights, vllm_python=args.vllm_python, cache=args.cache_dir)
             command = vllm_command(server, weights=weights, vllm_python=args.vllm_python)
             servers.append(
-                stack.start(f"vllm-{server.name}", command, env=vllm_env(server), health_url=f"{server.url}/health")
+                stack.start(f"vllm-{server.name}", command, env=vllm_env(), health_url=f"{server.url}/health")
             )
         stack.wait_ready(servers, timeout_s=args.ready_timeout)
         gateway_env = {**os.environ, "CITADEL_PROFILE": profile, "CITADEL_PORT": str(args.gateway_port)}
@@ -251,13 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         gateway = stack.start("gateway", command, env=gateway_env, health_url=f"{gateway_url}/health")
         stack.wait_ready([gateway], timeout_s=60)
         say(f"ready in {time.monotonic() - stack.started:.0f}s: {gateway_url}", started=stack.started)
-        shown_key = admin_key if admin_key else "$CITADEL_ADMIN_KEY"
+        # Paste-ready without printing the secret (this output often ends up in logs).
+        key_expr = (
+            "$CITADEL_ADMIN_KEY" if os.environ.get("CITADEL_ADMIN_KEY") else "$(sed -n 's/^CITADEL_ADMIN_KEY=//p' .env)"
+        )
         print(
-            "\nTry it:\n"
+            "\nTry it (from the repository root):\n"
             f"  curl {gateway_url}/v1/chat/completions \\\n"
-            f"    -H 'Authorization: Bearer {shown_key}' -H 'Content-Type: application/json' \\\n"
+            f'    -H "Authorization: Bearer {key_expr}" -H "Content-Type: application/json" \\\n'
             """    -d '{"model": "phi3", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'\n"""
-            f"\nModels: {', '.join(catalog.models)}. Press Ctrl-C to stop everything.\n",
+            f"\nModels: {', '.join(catalog.models)}. The admin key is CITADEL_ADMIN_KEY in .env. "
+            "Press Ctrl-C to stop everything.\n",
             flush=True,
         )
         while all(item.process.poll() is None for item in stack.managed):

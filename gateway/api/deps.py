@@ -11,11 +11,12 @@ from ..errors import InvalidRequest, PayloadTooLarge
 from ..inference import InferenceService
 
 
-def get_inference(request: Request) -> InferenceService:
+# Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread pool.
+async def get_inference(request: Request) -> InferenceService:
     return request.app.state.inference  # type: ignore[no-any-return]
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.inference.catalog  # type: ignore[no-any-return]
 
 

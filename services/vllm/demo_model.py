@@ -162,6 +162,8 @@ def make_demo_model(out_dir: Path, *, force: bool = False) -> Path:
     if not force and _stamp_ok(out_dir):
         log(f"up to date ({VERSION}): {out_dir}")
         return out_dir
+    if out_dir.exists() and not (out_dir / STAMP).exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty and holds no {STAMP}: refusing to replace it")
     start = time.monotonic()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -174,13 +176,11 @@ def make_demo_model(out_dir: Path, *, force: bool = False) -> Path:
         for path in tmp.iterdir():  # mkdtemp and some writers create owner-only modes
             path.chmod(0o644)
         tmp.chmod(0o755)
-        old = None
+        old = tmp.with_name(tmp.name + "-old")
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            out_dir.rename(old)
+            out_dir.rename(old)  # a directory cannot be replaced in one rename; this gap is tiny
         tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out_dir} in {time.monotonic() - start:.1f}s")

@@ -1,0 +1,73 @@
+"""The SSE relay: renaming survives arbitrary chunk boundaries; an early end becomes an error event."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from gateway.catalog import ModelSpec
+from gateway.upstream.sse import DONE_EVENT, relay_stream
+from tests.support.catalogs import chat_entry
+
+
+class FakeContent:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class FakeResponse:
+    """Just what relay_stream touches of aiohttp's ClientResponse."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = FakeContent(chunks)
+        self.closed = False
+        self.released = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release(self) -> None:
+        self.released = True
+
+
+def event(model: str, text: str) -> bytes:
+    return b"data: " + orjson.dumps({"model": model, "choices": [{"delta": {"content": text}}]}) + b"\n\n"
+
+
+def spec(upstream: str) -> ModelSpec:
+    return ModelSpec(name="public", **{k: v for k, v in chat_entry("http://x", upstream_model=upstream).items()})
+
+
+async def relay(chunks: list[bytes], upstream: str) -> tuple[bytes, FakeResponse]:
+    response = FakeResponse(chunks)
+    out = b"".join([c async for c in relay_stream(response, spec=spec(upstream), requested_name="public")])  # type: ignore[arg-type]
+    return out, response
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+async def test_rename_survives_any_chunk_boundary(size: int) -> None:
+    whole = event("served", "a") + event("served", "b") + DONE_EVENT
+    out, response = await relay([whole[i : i + size] for i in range(0, len(whole), size)], "served")
+    assert out == event("public", "a") + event("public", "b") + DONE_EVENT
+    assert response.released and not response.closed
+
+
+async def test_same_name_passes_bytes_through() -> None:
+    whole = event("public", "a") + DONE_EVENT
+    out, _ = await relay([whole[:5], whole[5:]], "public")
+    assert out == whole
+
+
+@pytest.mark.parametrize("ending", [b"", b"data: [DO"])
+async def test_early_end_becomes_an_error_event_and_closes_upstream(ending: bytes) -> None:
+    out, response = await relay([event("served", "a") + ending], "served")
+    events = out.split(b"\n\n")
+    assert events[0] == event("public", "a").rstrip()
+    assert b'"error"' in events[1] and events[2] == b"data: [DONE]"
+    assert response.closed
