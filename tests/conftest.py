@@ -10,6 +10,9 @@ import pytest
 from gateway.settings import Settings
 from tests.support.catalogs import ADMIN_KEY
 
+# Real PostgreSQL for the tests that need it (embedded when DATABASE_URL is unset).
+pytest_plugins = ["tests.support.postgres"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

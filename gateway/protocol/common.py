@@ -25,6 +25,26 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class SamplingFields(BaseModel):
+    """What chat and text completions share: the model, sampling, streaming and stop conditions."""
+
+    model_config = WIRE_CONFIG
+
+    model: ModelName
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Stop | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=300)] | None = None
+    seed: int | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+
 def parse_request(model: type[T], body: bytes) -> T:
     """Validate a JSON request body against `model`; every failure becomes an OpenAI-style 400."""
     if not body.strip():
