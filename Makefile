@@ -10,10 +10,11 @@ TORCH_INDEX_URL ?=
 PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 
-.PHONY: help install install-models run test test-fast lint format bench clean
+.PHONY: help install install-models run migrate test test-fast lint format bench clean
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
+	@echo "make migrate         create the database if missing and upgrade its schema (needs DATABASE_URL)"
 	@echo "make test            install and run the whole suite: unit, integration, e2e (real vLLM)"
 	@echo "make test-fast       unit + integration only (no model servers)"
 	@echo "make lint            ruff + mypy"
@@ -39,6 +40,10 @@ $(VLLM_VENV)/.installed: services/vllm/requirements.txt
 
 run: install install-models
 	$(VENV)/bin/python -m services.stack
+
+# Upgrades the schema of the PostgreSQL at DATABASE_URL (environment or .env); `make run` migrates its own.
+migrate: install
+	$(VENV)/bin/citadel migrate
 
 test: install install-models
 	$(VENV)/bin/ruff check gateway services tests bench

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import __version__
-from .api import health, openai
-from .auth import PERMISSION_ATTR, StaticKeyStore
+from .api import admin, health, openai, sessions, usage
+from .audit.middleware import AuditMiddleware
+from .audit.writer import AuditLog
+from .auth import PERMISSION_ATTR, KeyStore
 from .catalog import Catalog, load_catalog
+from .conversations import Conversations
 from .errors import install_error_handlers
 from .inference import InferenceService
+from .keystore import BootstrapKeyStore, CachedKeyStore
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
 from .settings import Settings, config_environment
+from .store.db import asyncpg_dsn, create_engine, create_sessionmaker, is_connection_error
+from .store.model_records import sync_models
 from .upstream.pool import UpstreamPool
 
+log = logging.getLogger(__name__)
+
 PUBLIC_PATHS = frozenset({"/health"})
-ROUTERS = (health.router, openai.router)
+UNAUDITED_PATHS = frozenset({"/health"})
+ROUTERS = (health.router, openai.router, usage.router, sessions.router, admin.router)
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
@@ -38,25 +49,59 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             pool_size=settings.upstream_pool_size,
         )
         await pool.start()
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
+        engine = create_engine(database_url) if database_url else None
+        db_sessions = create_sessionmaker(engine) if engine else None
+        bootstrap = BootstrapKeyStore(settings.admin_key.get_secret_value())
+        key_store: KeyStore = bootstrap
+        if db_sessions is not None:
+            key_store = CachedKeyStore(bootstrap=bootstrap, sessions=db_sessions, ttl_s=settings.key_cache_ttl_s)
+            await _record_models(db_sessions, catalog)
+        else:
+            log.warning("no DATABASE_URL: only the bootstrap admin key works; audit rows stay in the local spool")
+        audit = AuditLog(
+            dsn=asyncpg_dsn(database_url) if database_url else None,
+            spool_dir=settings.audit_spool_dir,
+            batch_size=settings.audit_batch_size,
+            flush_interval_s=settings.audit_flush_interval_s,
+            spool_max_bytes=settings.audit_spool_max_mb * 2**20,
+        )
+        await audit.start()
         app.state.inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
+        app.state.db_sessions = db_sessions
+        app.state.key_store = key_store
+        app.state.audit = audit
+        app.state.conversations = Conversations(db_sessions)
         try:
             yield
         finally:
+            # Requests have drained (uvicorn waits for them); everything audited so far is flushed or spooled.
+            await audit.close()
             await pool.close()
+            if engine is not None:
+                await engine.dispose()
 
     app = FastAPI(title="Citadel LLM Server", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     for router in ROUTERS:
         assert_every_route_guarded(router)
         app.include_router(router)
     install_error_handlers(app)
-    # Added last = outermost: the request id exists before authentication can refuse a request.
-    app.add_middleware(
-        AuthenticationMiddleware,
-        key_store=StaticKeyStore(settings.admin_key.get_secret_value()),
-        public_paths=PUBLIC_PATHS,
-    )
+    # The last added is the outermost: request id, then audit (sees every answer, 401s included), then auth.
+    app.add_middleware(AuthenticationMiddleware, public_paths=PUBLIC_PATHS)
+    app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _record_models(db_sessions: async_sessionmaker[AsyncSession], catalog: Catalog) -> None:
+    """Keep llm.models in step with the catalogue; a database that is down must not stop the gateway."""
+    try:
+        async with db_sessions() as session:
+            await sync_models(session=session, catalog=catalog)
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        log.warning("could not record the models in the database (%s); continuing", type(exc).__name__)
 
 
 def _permissions(dependant: Dependant) -> list[str]:

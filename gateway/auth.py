@@ -1,15 +1,16 @@
-"""API keys, roles and permissions: who is calling (authentication) and what they may do (authorization).
+"""Roles, permissions and the caller (Principal); the route guards that make every route deny by default.
 
-Keys are only ever held as SHA-256 digests and compared in constant time. The key store is a small
-protocol so the bootstrap admin key (from CITADEL_ADMIN_KEY) and, later, database-backed keys share it.
+Keys are only ever held as SHA-256 digests and compared in constant time; finding the key behind a
+presented secret is a KeyStore's job (gateway/keystore.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Protocol
 
@@ -26,15 +27,17 @@ class Role(StrEnum):
 
 class Permission(StrEnum):
     MODELS_READ = "models:read"
+    USAGE_READ = "usage:read"  # its own usage
     INFERENCE = "inference"
+    SESSIONS = "sessions"  # its own conversation sessions
     ADMIN = "admin"
 
 
 # Deny by default: a role has exactly the permissions listed here.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.USER: frozenset({Permission.MODELS_READ, Permission.INFERENCE}),
-    Role.VIEWER: frozenset({Permission.MODELS_READ}),
+    Role.USER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ, Permission.INFERENCE, Permission.SESSIONS}),
+    Role.VIEWER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ}),
 }
 
 
@@ -42,13 +45,20 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 class Principal:
     """The authenticated caller. `key_id` and `name` are safe to log; the secret never is."""
 
-    key_id: str
+    key_id: uuid.UUID
     name: str
     role: Role
     allowed_models: frozenset[str] | None = None  # None: every model
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    expires_at: datetime | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -62,18 +72,7 @@ def key_digest(key: str) -> bytes:
 class KeyStore(Protocol):
     async def authenticate(self, presented_key: str) -> Principal | None: ...
 
-
-class StaticKeyStore:
-    """The bootstrap admin key from the settings; the database-backed store grows from this protocol."""
-
-    def __init__(self, admin_key: str) -> None:
-        self._admin_digest = key_digest(admin_key)
-        self._admin = Principal(key_id="bootstrap-admin", name="bootstrap-admin", role=Role.ADMIN)
-
-    async def authenticate(self, presented_key: str) -> Principal | None:
-        if hmac.compare_digest(key_digest(presented_key), self._admin_digest):
-            return self._admin
-        return None
+    def forget(self, key_id: uuid.UUID) -> None: ...
 
 
 def bearer_token(authorization: bytes | None) -> str | None:

@@ -1,11 +1,17 @@
-"""The `citadel` command: run the gateway (more subcommands arrive with keys and migrations)."""
+"""The `citadel` command: run the gateway (`serve`), migrate its database (`migrate`, `downgrade`), and
+manage API keys (`keys create|list|revoke`)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
+
+from .keys_cli import add_keys_parser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,6 +45,50 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def database_url(env_file: Path = Path(".env")) -> str | None:
+    """DATABASE_URL (or CITADEL_DATABASE_URL) from the environment, else from `.env`."""
+    from dotenv import dotenv_values
+
+    file_values = dotenv_values(env_file) if env_file.exists() else {}
+    for name in ("DATABASE_URL", "CITADEL_DATABASE_URL"):
+        value = os.environ.get(name) or file_values.get(name)
+        if value:
+            return value
+    return None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from .store.migrate import MigrationError, downgrade, migrate
+
+    url = database_url()
+    if url is None:
+        print(
+            "citadel: DATABASE_URL is not set (environment or .env), so there is nothing to migrate; "
+            "`make run` starts its own PostgreSQL and migrates it.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        if args.command == "downgrade":
+            asyncio.run(downgrade(url, args.revision))
+        else:
+            asyncio.run(migrate(url, revision=args.revision))
+    except (MigrationError, ValueError) as exc:
+        print(f"citadel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .keys_cli import run_keys
+
+    url = database_url()
+    if url is None:
+        print("citadel: DATABASE_URL is not set (environment or .env): keys live in the database", file=sys.stderr)
+        return 2
+    return run_keys(args, url)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="citadel", description="Citadel LLM Server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(handler=_serve)
+    migrate = commands.add_parser(
+        "migrate", help="create the database if missing and upgrade its schema (DATABASE_URL from env or .env)"
+    )
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.set_defaults(handler=_migrate)
+    downgrade = commands.add_parser("downgrade", help="downgrade the schema to a revision ('base': drop it all)")
+    downgrade.add_argument("revision")
+    downgrade.set_defaults(handler=_migrate)
+    add_keys_parser(commands)
+    commands.choices["keys"].set_defaults(handler=_keys)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

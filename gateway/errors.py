@@ -7,6 +7,7 @@
     |   +-- NotFound              404
     +-- AuthenticationFailed      401 authentication_error
     +-- PermissionDenied          403 permission_error
+    +-- DatabaseUnavailable       503 service_unavailable   (PostgreSQL unreachable or not configured)
     +-- UpstreamError             502 upstream_error        (the model server broke the exchange)
         +-- UpstreamStatus        the upstream's own 4xx/5xx, message sanitised
         +-- UpstreamUnavailable   503 service_unavailable   (refused, unreachable)
@@ -129,6 +130,12 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
+class DatabaseUnavailable(APIError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "database_unavailable"
+
+
 _STARLETTE_STATUS_MESSAGES = {404: "Not found.", 405: "Method not allowed."}
 
 
@@ -137,6 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
+        request.scope.setdefault("state", {})["error_type"] = exc.error_type  # for the audit row
         return exc.to_response()
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -157,6 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Logged with its traceback on the server side only; the client gets a generic message.
         log.exception("unhandled error while serving %s %s", request.method, request.url.path)
+        request.scope.setdefault("state", {})["error_type"] = "internal_error"
         return APIError("The server had an error while processing your request.").to_response()
 
     app.add_exception_handler(APIError, on_api_error)

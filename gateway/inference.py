@@ -6,7 +6,7 @@ lives here, so a later concern (limits, cache, audit) has one obvious place to p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -15,7 +15,8 @@ from starlette.responses import Response, StreamingResponse
 
 from .auth import Principal
 from .catalog import Catalog, ModelSpec
-from .errors import InvalidRequest, ModelNotFound, UpstreamError
+from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
+from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 from .protocol.chat import ChatCompletionRequest
 from .protocol.common import parse_request
 from .protocol.completions import CompletionRequest
@@ -44,6 +45,14 @@ class Prepared:
     requested_name: str
     payload: bytes
     stream: bool
+    # Upstream streams always report usage (for the audit log); the client sees it only if it asked.
+    client_wants_usage: bool = False
+    # The messages this request added to a conversation session (stored after the answer).
+    new_messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_not_allowed(name: str) -> PermissionDenied:
+    return PermissionDenied(f"This key may not use the model '{name}'.", param="model", code="model_not_allowed")
 
 
 class InferenceService:
@@ -57,14 +66,27 @@ class InferenceService:
     def resolve(self, *, name: str, endpoint: Endpoint, principal: Principal) -> ModelSpec:
         """The catalogue entry for a requested model, if this caller may use it on this endpoint."""
         spec = self.catalog.get(name)
-        if spec is None or not principal.may_use(name):
+        if spec is None:
             raise ModelNotFound(name)
+        if not principal.may_use(name):
+            raise model_not_allowed(name)
         if spec.kind != _KIND_FOR[endpoint]:
             raise InvalidRequest(f"The model '{name}' does not support {_PATHS[endpoint]}.", param="model")
         return spec
 
-    def prepare(self, *, endpoint: Endpoint, body: bytes, principal: Principal) -> Prepared:
-        """Parse, authorize the model, apply the model's defaults and bounds, and re-serialize."""
+    def prepare(
+        self,
+        *,
+        endpoint: Endpoint,
+        body: bytes,
+        principal: Principal,
+        history: list[dict[str, Any]] | None = None,
+    ) -> Prepared:
+        """Parse, authorize the model, apply the model's defaults and bounds, and re-serialize.
+
+        `history` (a conversation session's stored messages) goes before the request's own messages,
+        trimmed to what fits the model's context.
+        """
         request: BaseModel
         if endpoint == "chat":
             request = parse_request(ChatCompletionRequest, body)
@@ -79,29 +101,41 @@ class InferenceService:
             self._check_embedding(request)
         else:
             self._check_generation(data, spec)
+        new_messages: list[dict[str, Any]] = []
+        if history is not None and endpoint == "chat":
+            new_messages = data["messages"]
+            answer_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or DEFAULT_ANSWER_TOKENS
+            kept = trim_history(history, new=new_messages, budget=spec.max_model_len - answer_tokens)
+            data["messages"] = kept + new_messages
         data["model"] = spec.upstream_name
+        stream = bool(data.get("stream"))
+        client_wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if stream:
+            data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
         return Prepared(
             endpoint=endpoint,
             spec=spec,
             requested_name=name,
             payload=orjson.dumps(data),
-            stream=bool(data.get("stream")),
+            stream=stream,
+            client_wants_usage=client_wants_usage,
+            new_messages=new_messages,
         )
 
     def _check_generation(self, data: dict[str, Any], spec: ModelSpec) -> None:
-        for field in ("max_tokens", "max_completion_tokens"):
-            asked = data.get(field)
+        for name in ("max_tokens", "max_completion_tokens"):
+            asked = data.get(name)
             if asked is not None and asked > spec.max_tokens:
                 raise InvalidRequest(
-                    f"'{field}' is {asked}, above the limit of {spec.max_tokens} for the model '{spec.name}'.",
-                    param=field,
+                    f"'{name}' is {asked}, above the limit of {spec.max_tokens} for the model '{spec.name}'.",
+                    param=name,
                     code="max_tokens_exceeded",
                 )
-        for field in ("n", "best_of"):
-            asked = data.get(field)
+        for name in ("n", "best_of"):
+            asked = data.get(name)
             if asked is not None and asked > self.settings.max_n:
                 raise InvalidRequest(
-                    f"'{field}' is {asked}, above this server's limit of {self.settings.max_n}.", param=field
+                    f"'{name}' is {asked}, above this server's limit of {self.settings.max_n}.", param=name
                 )
         if data.get("temperature") is None:
             data["temperature"] = spec.temperature
@@ -114,8 +148,14 @@ class InferenceService:
                 param="input",
             )
 
-    async def forward(self, prepared: Prepared, *, request_id: str) -> Response:
-        """Send a prepared request upstream and relay the answer (JSON, or SSE for streams)."""
+    async def forward(
+        self, prepared: Prepared, *, request_id: str, usage: dict[str, Any], answer: dict[str, Any] | None = None
+    ) -> Response:
+        """Send a prepared request upstream and relay the answer (JSON, or SSE for streams).
+
+        `usage` receives the token counts when they are known (after the body, or the stream's end);
+        `answer`, when given, receives the assistant's message (for conversation sessions).
+        """
         spec = prepared.spec
         response = await self.pool.post(spec, _PATHS[prepared.endpoint], prepared.payload, request_id=request_id)
         if response.status >= 400 or not prepared.stream:
@@ -126,16 +166,25 @@ class InferenceService:
                 response.release()
             if response.status >= 400:
                 raise status_error(spec, response.status, body)
-            return Response(_renamed(body, spec, prepared.requested_name), media_type="application/json")
+            return Response(_renamed(body, spec, prepared.requested_name, usage, answer), media_type="application/json")
         return StreamingResponse(
-            relay_stream(response, spec=spec, requested_name=prepared.requested_name),
+            relay_stream(
+                response,
+                spec=spec,
+                requested_name=prepared.requested_name,
+                usage=usage,
+                forward_usage=prepared.client_wants_usage,
+                answer=answer,
+            ),
             media_type="text/event-stream",
             headers=_STREAM_HEADERS,
         )
 
 
-def _renamed(body: bytes, spec: ModelSpec, requested_name: str) -> bytes:
-    """Check the upstream's JSON answer and give it the model name the client asked for."""
+def _renamed(
+    body: bytes, spec: ModelSpec, requested_name: str, usage: dict[str, Any], answer: dict[str, Any] | None
+) -> bytes:
+    """Check the upstream's JSON answer, note its usage, and give it the model name the client asked for."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -143,4 +192,10 @@ def _renamed(body: bytes, spec: ModelSpec, requested_name: str) -> bytes:
     if not isinstance(parsed, dict):
         raise UpstreamError(f"The model '{spec.name}' sent an answer that is not a JSON object.")
     parsed["model"] = requested_name
+    if isinstance(parsed.get("usage"), dict):
+        usage.update(parsed["usage"])
+    if answer is not None and parsed.get("choices"):
+        message = parsed["choices"][0].get("message")
+        if isinstance(message, dict):
+            answer["message"] = {"role": "assistant", "content": message.get("content") or ""}
     return orjson.dumps(parsed)

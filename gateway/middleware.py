@@ -8,7 +8,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyStore, bearer_token
-from .errors import AuthenticationFailed
+from .errors import APIError, AuthenticationFailed
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -49,9 +49,8 @@ class AuthenticationMiddleware:
     refuses to build an app with a route that has none: deny by default at both levels.
     """
 
-    def __init__(self, app: ASGIApp, *, key_store: KeyStore, public_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, public_paths: frozenset[str]) -> None:
         self.app = app
-        self.key_store = key_store
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,15 +63,22 @@ class AuthenticationMiddleware:
                 authorization = value
                 break
         token = bearer_token(authorization)
-        principal = await self.key_store.authenticate(token) if token else None
+        # Built in the lifespan (it needs the database); Starlette puts the app in the scope.
+        key_store: KeyStore = scope["app"].state.key_store
+        try:
+            principal = await key_store.authenticate(token) if token else None
+        except APIError as error:  # the key database is unreachable and the key is not cached
+            await _send_error(scope, send, error)
+            return
         if principal is None:
-            await _send_error(send, AuthenticationFailed())
+            await _send_error(scope, send, AuthenticationFailed())
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
-async def _send_error(send: Send, error: AuthenticationFailed) -> None:
+async def _send_error(scope: Scope, send: Send, error: APIError) -> None:
+    scope.setdefault("state", {})["error_type"] = error.error_type  # for the audit row
     body = error.to_bytes()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]

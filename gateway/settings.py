@@ -20,6 +20,19 @@ class Settings(BaseSettings):
     # The bootstrap admin key. Required: the gateway refuses to start without it.
     admin_key: SecretStr = Field(min_length=16)
 
+    # PostgreSQL (keys, audit log, sessions, model metadata). Unset: only the bootstrap admin key works,
+    # audit rows go to the local spool, and routes that need the database answer 503.
+    database_url: SecretStr | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "CITADEL_DATABASE_URL"))
+    # How long a key lookup is trusted: a key revoked on another worker can pass for at most this long.
+    key_cache_ttl_s: float = Field(5.0, ge=0)
+
+    # Audit log: batched writes; a bounded on-disk spool holds rows while PostgreSQL is away.
+    audit_spool_dir: Path = REPO_ROOT / ".cache" / "citadel" / "audit-spool"
+    audit_batch_size: int = Field(500, ge=1)
+    audit_flush_interval_s: float = Field(0.5, gt=0)
+    audit_spool_max_mb: int = Field(256, ge=1)
+    audit_retention_days: int = Field(90, ge=1)
+
     config_path: Path = REPO_ROOT / "config" / "models.yaml"
     profile: str | None = None
 

@@ -1,5 +1,6 @@
-"""The local stack runner: prepares the offline models, starts real vLLM CPU servers and the gateway,
-waits until all answer (printing progress), and stops everything it started on Ctrl-C.
+"""The local stack runner: starts PostgreSQL (embedded, unless DATABASE_URL is set) and migrates it, prepares
+the offline models, starts real vLLM CPU servers and the gateway, waits until all answer (printing
+progress), and stops everything it started on Ctrl-C.
 
 Run it as `make run` (or `python -m services.stack` from the repository root, in the gateway's venv).
 It reads the same config/models.yaml as the gateway, with the profile from CITADEL_PROFILE (default `local`).
@@ -8,6 +9,7 @@ It reads the same config/models.yaml as the gateway, with the profile from CITAD
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import secrets
@@ -17,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from pydantic import ValidationError
 
 from gateway.catalog import ConfigError, ServerSpec, load_catalog
 from gateway.settings import Settings, describe_settings_error
+from gateway.store.migrate import MigrationError, migrate
+from services.postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "citadel"
@@ -42,8 +47,9 @@ class Managed:
 
     name: str
     process: subprocess.Popen[bytes]
-    health_url: str
+    is_ready: Callable[[], bool]
     log_path: Path
+    stop_signal: signal.Signals = signal.SIGTERM
     ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -125,6 +131,11 @@ def healthy(url: str) -> bool:
         return False
 
 
+def _shown(path: Path) -> Path:
+    """A path relative to the repository when it is inside it (shorter to read), else as it is."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -140,7 +151,15 @@ class Stack:
         self.managed: list[Managed] = []
         self.started = time.monotonic()
 
-    def start(self, name: str, command: list[str], *, env: dict[str, str], health_url: str) -> Managed:
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        is_ready: Callable[[], bool],
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> Managed:
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("wb")
         # A new session: Ctrl-C reaches only the runner, which then stops each group in order.
@@ -148,9 +167,9 @@ class Stack:
             command, env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         log_file.close()
-        item = Managed(name=name, process=process, health_url=health_url, log_path=log_path)
+        item = Managed(name=name, process=process, is_ready=is_ready, log_path=log_path, stop_signal=stop_signal)
         self.managed.append(item)
-        say(f"{name}: starting (pid {process.pid}, log {log_path.relative_to(ROOT)})", started=self.started)
+        say(f"{name}: starting (pid {process.pid}, log {_shown(log_path)})", started=self.started)
         return item
 
     def wait_ready(self, items: list[Managed], *, timeout_s: float) -> None:
@@ -164,7 +183,7 @@ class Stack:
                 if item.process.poll() is not None:
                     code = item.process.returncode
                     raise RuntimeError(f"{item.name} exited with code {code}; last log lines:\n{tail(item.log_path)}")
-                if healthy(item.health_url):
+                if item.is_ready():
                     item.ready = True
                     say(f"{item.name}: ready after {time.monotonic() - item.started_at:.0f}s", started=self.started)
             if time.monotonic() > deadline:
@@ -177,13 +196,13 @@ class Stack:
             time.sleep(0.5)
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM every process group (gateway first), then SIGKILL what is left after `grace_s`."""
+        """Signal every process group (gateway first), then SIGKILL what is left after `grace_s`."""
         alive = [item for item in reversed(self.managed) if item.process.poll() is None]
         if not alive:
             return
         say("stopping " + ", ".join(item.name for item in alive), started=self.started)
         for item in alive:
-            _signal_group(item.process, signal.SIGTERM)
+            _signal_group(item.process, item.stop_signal)
         deadline = time.monotonic() + grace_s
         for item in alive:
             try:
@@ -193,6 +212,34 @@ class Stack:
             _signal_group(item.process, signal.SIGKILL)  # also any children left behind
             item.process.wait()
         say("stopped", started=self.started)
+
+
+def start_database(stack: Stack, *, cache: Path, env_file: dict[str, str], port: int) -> str:
+    """DATABASE_URL when one is set; otherwise an embedded PostgreSQL kept in the cache folder. Migrated."""
+    url = os.environ.get("DATABASE_URL") or env_file.get("DATABASE_URL")
+    if url:
+        say("database: DATABASE_URL is set, using that server", started=stack.started)
+    else:
+        server = LocalPostgres(cache / "postgres", port, password=_local_password(cache / "postgres.password"))
+        if server.initialize():
+            say(f"postgres: made a new cluster in {server.data_dir}", started=stack.started)
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
+        item = stack.start(
+            "postgres", server.command(), env=dict(os.environ), is_ready=server.is_ready, stop_signal=signal.SIGINT
+        )
+        stack.wait_ready([item], timeout_s=30)
+        server.ensure_database()
+        url = server.url
+    asyncio.run(migrate(url, echo=lambda line: say(f"database: {line}", started=stack.started)))
+    return url
+
+
+def _local_password(path: Path) -> str:
+    """The embedded server's password: made once, kept next to its data, readable by this user only."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -208,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start the local Citadel stack (real vLLM CPU servers + gateway).")
     parser.add_argument("--profile", help="profile in config/models.yaml (default: CITADEL_PROFILE, else local)")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("CITADEL_PORT", "8000")))
+    parser.add_argument(
+        "--postgres-port",
+        type=int,
+        default=int(os.environ.get("CITADEL_POSTGRES_PORT", "15432")),
+        help="port of the embedded PostgreSQL when DATABASE_URL is unset",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CITADEL_CACHE_DIR", DEFAULT_CACHE)))
     parser.add_argument("--vllm-python", type=Path, default=Path(os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON)))
     parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("CITADEL_READY_TIMEOUT", "600")))
@@ -245,25 +298,36 @@ def main(argv: list[str] | None = None) -> int:
     gateway_url = f"http://127.0.0.1:{args.gateway_port}"
     try:
         busy = [f"{s.name} ({s.port})" for s in catalog.servers if port_in_use(s.host, s.port)]
+        if port_in_use("127.0.0.1", args.postgres_port) and not (
+            os.environ.get("DATABASE_URL") or env_file.get("DATABASE_URL")
+        ):
+            busy.append(f"postgres ({args.postgres_port})")
         if port_in_use("127.0.0.1", args.gateway_port):
             busy.append(f"gateway ({args.gateway_port})")
         if busy:
             say("ports already in use: " + ", ".join(busy) + " (is another stack running?)")
             return 1
         say(f"profile {catalog.profile or 'default'}: {len(catalog.servers)} model servers, logs in {logs}")
+        database_url = start_database(stack, cache=args.cache_dir, env_file=env_file, port=args.postgres_port)
         say("preparing models (the first run makes the offline demo model)", started=stack.started)
         servers = []
         for server in catalog.servers:
             weights = resolve_weights(server.weights, vllm_python=args.vllm_python, cache=args.cache_dir)
             command = vllm_command(server, weights=weights, vllm_python=args.vllm_python)
+            health = f"{server.url}/health"
             servers.append(
-                stack.start(f"vllm-{server.name}", command, env=vllm_env(), health_url=f"{server.url}/health")
+                stack.start(f"vllm-{server.name}", command, env=vllm_env(), is_ready=lambda u=health: healthy(u))
             )
         stack.wait_ready(servers, timeout_s=args.ready_timeout)
-        gateway_env = {**os.environ, "CITADEL_PROFILE": profile, "CITADEL_PORT": str(args.gateway_port)}
+        gateway_env = {
+            **os.environ,
+            "CITADEL_PROFILE": profile,
+            "CITADEL_PORT": str(args.gateway_port),
+            "DATABASE_URL": database_url,
+        }
         gateway_env.setdefault("CITADEL_HOST", "127.0.0.1")
         command = [sys.executable, "-m", "gateway", "serve", "--port", str(args.gateway_port)]
-        gateway = stack.start("gateway", command, env=gateway_env, health_url=f"{gateway_url}/health")
+        gateway = stack.start("gateway", command, env=gateway_env, is_ready=lambda: healthy(f"{gateway_url}/health"))
         stack.wait_ready([gateway], timeout_s=60)
         say(f"ready in {time.monotonic() - stack.started:.0f}s: {gateway_url}", started=stack.started)
         # Paste-ready without printing the secret (this output often ends up in logs).
@@ -286,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
+    except (RuntimeError, subprocess.CalledProcessError, MigrationError) as exc:
         say(f"failed: {exc}")
         return 1
     finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..audit.record import AuditRecord
 from ..catalog import Catalog
+from ..conversations import Conversations
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..inference import InferenceService
 
@@ -20,7 +23,12 @@ async def get_catalog(request: Request) -> Catalog:
     return request.app.state.inference.catalog  # type: ignore[no-any-return]
 
 
+async def get_conversations(request: Request) -> Conversations:
+    return request.app.state.conversations  # type: ignore[no-any-return]
+
+
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
+ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 
@@ -44,3 +52,25 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def record_admin_action(request: Request, *, action: str, target: str) -> None:
+    """One audit row (kind 'admin') for an admin action, besides the request's own row."""
+    state = request.scope["state"]
+    principal = state["principal"]
+    request.app.state.audit.record(
+        AuditRecord(
+            kind="admin",
+            occurred_at=datetime.now(UTC),
+            method=request.method,
+            endpoint=request.url.path[:128],
+            status=200,
+            latency_ms=0.0,
+            request_id=state.get("request_id"),
+            key_id=principal.key_id,
+            role=str(principal.role),
+            action=action,
+            target=target,
+            client_addr=request.client.host if request.client else None,
+        )
+    )

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..auth import Permission, PrincipalDep, require
-from ..errors import ModelNotFound
-from ..inference import Endpoint
+from ..conversations import SESSION_HEADER, parse_session_id
+from ..errors import ModelNotFound, PermissionDenied
+from ..inference import Endpoint, model_not_allowed
 from ..protocol.models import model_card
-from .deps import CatalogDep, InferenceDep, read_body, request_id
+from .deps import CatalogDep, ConversationsDep, InferenceDep, read_body, request_id
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -25,12 +26,42 @@ _MODELS_READ = [Depends(require(Permission.MODELS_READ))]
 async def _serve(endpoint: Endpoint, request: Request, inference: InferenceDep, principal: PrincipalDep) -> Response:
     body = await read_body(request, limit=inference.settings.max_body_bytes)
     prepared = inference.prepare(endpoint=endpoint, body=body, principal=principal)
-    return await inference.forward(prepared, request_id=request_id(request))
+    # The audit middleware reads these once the response has gone out.
+    state = request.scope["state"]
+    state["model"] = prepared.requested_name
+    state["stream"] = prepared.stream
+    return await inference.forward(prepared, request_id=request_id(request), usage=state.setdefault("usage", {}))
+
+
+async def _serve_in_session(
+    header: str, request: Request, inference: InferenceDep, principal: PrincipalDep, conversations: ConversationsDep
+) -> Response:
+    """A chat completion in a conversation session: stored history first, this turn stored after."""
+    if not principal.can(Permission.SESSIONS):
+        raise PermissionDenied("This key's role may not use conversation sessions.")
+    session_id = parse_session_id(header)
+    body = await read_body(request, limit=inference.settings.max_body_bytes)
+    history = await conversations.history(session_id=session_id, principal=principal, model=None)
+    prepared = inference.prepare(endpoint="chat", body=body, principal=principal, history=history)
+    state = request.scope["state"]
+    state["model"] = prepared.requested_name
+    state["stream"] = prepared.stream
+    answer: dict[str, object] = {}
+    response = await inference.forward(
+        prepared, request_id=request_id(request), usage=state.setdefault("usage", {}), answer=answer
+    )
+    conversations.remember_after(response, session_id=session_id, new=prepared.new_messages, answer=answer)
+    return response
 
 
 @router.post("/chat/completions", dependencies=_INFERENCE)
-async def chat_completions(request: Request, inference: InferenceDep, principal: PrincipalDep) -> Response:
-    """OpenAI chat completions, streamed as SSE when `stream` is true."""
+async def chat_completions(
+    request: Request, inference: InferenceDep, principal: PrincipalDep, conversations: ConversationsDep
+) -> Response:
+    """OpenAI chat completions, streamed as SSE when `stream` is true; `X-Session-ID` keeps a conversation."""
+    session_header = request.headers.get(SESSION_HEADER)
+    if session_header is not None:
+        return await _serve_in_session(session_header, request, inference, principal, conversations)
     return await _serve("chat", request, inference, principal)
 
 
@@ -55,8 +86,10 @@ async def list_models(catalog: CatalogDep, principal: PrincipalDep) -> dict[str,
 
 @router.get("/models/{model}", dependencies=_MODELS_READ)
 async def get_model(model: str, catalog: CatalogDep, principal: PrincipalDep) -> dict[str, object]:
-    """One model, or 404 if it does not exist or this key may not use it."""
+    """One model; 404 if it does not exist, 403 if this key may not use it."""
     spec = catalog.get(model)
-    if spec is None or not principal.may_use(model):
+    if spec is None:
         raise ModelNotFound(model)
+    if not principal.may_use(model):
+        raise model_not_allowed(model)
     return model_card(spec, created=_STARTED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 DONE_EVENT = b"data: [DONE]\n\n"
 EVENT_END = b"\n\n"
+USAGE_MARK = b'"usage":{'
 
 
 def error_event(error: APIError) -> bytes:
@@ -23,10 +25,40 @@ def error_event(error: APIError) -> bytes:
     return b"data: " + error.to_bytes() + EVENT_END
 
 
+def _collect_content(block: bytes, answer: dict[str, Any]) -> None:
+    """Gather the streamed text of the first choice (only for requests in a conversation session)."""
+    parts = answer.setdefault("parts", [])
+    for event in block.split(EVENT_END):
+        if event.startswith(b"data: {"):
+            choices = orjson.loads(event[6:]).get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                parts.append(choices[0]["delta"]["content"])
+
+
+def _take_usage(block: bytes, usage: dict[str, Any], *, forward_usage: bool) -> bytes:
+    """Record the usage event's counts; drop that event if the client did not ask for usage."""
+    kept = []
+    for event in block.split(EVENT_END)[:-1]:
+        if USAGE_MARK in event and event.startswith(b"data: {"):
+            parsed = orjson.loads(event[6:])
+            if isinstance(parsed.get("usage"), dict):
+                usage.update(parsed["usage"])
+                if not forward_usage and not parsed.get("choices"):
+                    continue
+        kept.append(event + EVENT_END)
+    return b"".join(kept)
+
+
 async def relay_stream(
-    response: aiohttp.ClientResponse, *, spec: ModelSpec, requested_name: str
+    response: aiohttp.ClientResponse,
+    *,
+    spec: ModelSpec,
+    requested_name: str,
+    usage: dict[str, Any],
+    forward_usage: bool,
+    answer: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield the upstream's events, renamed to the model the client asked for.
+    """Yield the upstream's events, renamed to the model the client asked for; fill `usage` from the end.
 
     The stream must end with `[DONE]`; if the upstream breaks or ends early, the client gets an error
     event instead of a silent truncation. Closing the response (also when the client goes away and
@@ -37,26 +69,33 @@ async def relay_stream(
     needle = b'"model":' + orjson.dumps(spec.upstream_name)
     replacement = b'"model":' + orjson.dumps(requested_name)
     pending = b""
-    tail = b""
     complete = False
     try:
         with translate_errors(spec):
             async for chunk in response.content.iter_any():
+                # Only whole events go out, so a name or the usage split across chunks is still found.
+                pending += chunk
+                cut = pending.rfind(EVENT_END)
+                if cut < 0:
+                    continue
+                block, pending = pending[: cut + 2], pending[cut + 2 :]
                 if rename:
-                    # Only whole events are rewritten, so a name split across chunks is still found.
-                    pending += chunk
-                    cut = pending.rfind(EVENT_END)
-                    if cut < 0:
-                        continue
-                    chunk, pending = pending[: cut + 2], pending[cut + 2 :]
-                    chunk = chunk.replace(needle, replacement)
-                tail = (tail + chunk)[-len(DONE_EVENT) :]
-                yield chunk
-            complete = tail == DONE_EVENT and not pending.strip()
-            if not complete:
+                    block = block.replace(needle, replacement)
+                if USAGE_MARK in block:
+                    block = _take_usage(block, usage, forward_usage=forward_usage)
+                if answer is not None:
+                    _collect_content(block, answer)
+                complete = block.endswith(DONE_EVENT)
+                if block:
+                    yield block
+            if not complete or pending.strip():
+                complete = False
                 raise UpstreamError(f"The model '{spec.name}' ended the stream before it was complete.")
     except APIError as error:
         log.warning("stream from %s ended with an error: %s", spec.name, error.message)
+        usage["error_type"] = error.error_type
+        if answer is not None:
+            answer.pop("parts", None)  # an unfinished answer is not stored in the session
         yield error_event(error)
         yield DONE_EVENT
     finally:

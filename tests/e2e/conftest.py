@@ -32,16 +32,26 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ports = {"CITADEL_DEMO_CHAT_PORT": free_port(), "CITADEL_EMBED_PORT": free_port(), "gateway": free_port()}
+    ports = {
+        "CITADEL_DEMO_CHAT_PORT": free_port(),
+        "CITADEL_EMBED_PORT": free_port(),
+        "CITADEL_POSTGRES_PORT": free_port(),
+        "gateway": free_port(),
+    }
+    workdir = tmp_path_factory.mktemp("e2e")
     env = {
         **os.environ,
         "CITADEL_ADMIN_KEY": ADMIN_KEY,
         "CITADEL_PROFILE": "local",
         "CITADEL_DEMO_CHAT_PORT": str(ports["CITADEL_DEMO_CHAT_PORT"]),
         "CITADEL_EMBED_PORT": str(ports["CITADEL_EMBED_PORT"]),
+        "CITADEL_POSTGRES_PORT": str(ports["CITADEL_POSTGRES_PORT"]),
+        # Its own PostgreSQL data, demo model and logs: a `make run` stack may be up beside it.
+        "CITADEL_CACHE_DIR": str(workdir / "cache"),
         "PYTHONUNBUFFERED": "1",
     }
-    log = tmp_path_factory.mktemp("e2e") / "stack.log"
+    env.pop("DATABASE_URL", None)
+    log = workdir / "stack.log"
     url = f"http://127.0.0.1:{ports['gateway']}"
     runner = processes.start(
         [sys.executable, "-m", "services.stack", "--gateway-port", str(ports["gateway"])],

@@ -5,6 +5,7 @@ tests check shapes, names and termination, not text; embeddings come from the re
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import openai
@@ -101,3 +102,27 @@ def test_max_tokens_over_the_model_limit_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="phi3", messages=MESSAGES, max_tokens=100_000)  # type: ignore[arg-type]
     assert caught.value.status_code == 400
+
+
+def test_keys_roles_and_audit_through_the_real_stack(gateway_url: str) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    created = httpx.post(
+        f"{gateway_url}/admin/keys",
+        json={"name": "e2e-user", "role": "user", "allowed_models": ["phi3"]},
+        headers=admin,
+    )
+    assert created.status_code == 201
+    user = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=created.json()["key"], max_retries=0, timeout=60)
+    answer = user.chat.completions.create(model="phi3", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+    assert answer.model == "phi3"
+    with pytest.raises(openai.PermissionDeniedError):
+        user.chat.completions.create(model="mixtral", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+    key_id = created.json()["id"]
+    for _ in range(50):
+        rows = httpx.get(f"{gateway_url}/admin/audit?key_id={key_id}", headers=admin).json()["data"]
+        if len(rows) >= 2:
+            break
+        time.sleep(0.1)
+    assert sorted(row["status"] for row in rows) == [200, 403]
+    served = next(row for row in rows if row["status"] == 200)
+    assert served["model"] == "phi3" and served["completion_tokens"] > 0

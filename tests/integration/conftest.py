@@ -1,16 +1,20 @@
-"""A real gateway process in front of the fake upstream process; each fault has a model name of its own."""
+"""Integration fixtures: the fake upstream process, a gateway process in front of it (each fault has a model
+name of its own), and an in-process gateway with a real PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.conftest import free_port
+from gateway.app import create_app
+from tests.conftest import free_port, make_settings
 from tests.support import processes
 from tests.support.catalogs import ADMIN_KEY, chat_entry, write_models_file
 
@@ -25,18 +29,30 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    workdir = tmp_path_factory.mktemp("integration")
-    upstream_port, gateway_port, dead_port = free_port(), free_port(), free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def fake_upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fake OpenAI upstream process (fault injection by model name)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     upstream = processes.start(
-        [sys.executable, "-m", "services.fake_upstream", "--port", str(upstream_port), "--slow-s", "3"],
-        env=env,
+        [sys.executable, "-m", "services.fake_upstream", "--port", str(port), "--slow-s", "3"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
-        log=workdir / "upstream.log",
-        health_url=f"{upstream_url}/health",
+        log=tmp_path_factory.mktemp("upstream") / "upstream.log",
+        health_url=f"{url}/health",
     )
+    try:
+        yield url
+    finally:
+        processes.stop(upstream)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory, fake_upstream_url: str) -> Iterator[Servers]:
+    """A real gateway process (no database) in front of the fake upstream."""
+    workdir = tmp_path_factory.mktemp("integration")
+    gateway_port, dead_port = free_port(), free_port()
+    upstream_url = fake_upstream_url
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     models = {name: chat_entry(upstream_url) for name in FAULT_MODELS}
     models["ok"] = chat_entry(upstream_url, upstream_model="upstream-ok")
     models["bad400-renamed"] = chat_entry(upstream_url, upstream_model="bad400")
@@ -62,4 +78,40 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         yield Servers(gateway_url=f"http://127.0.0.1:{gateway_port}", upstream_url=upstream_url)
     finally:
         processes.stop(gateway)
-        processes.stop(upstream)
+
+
+@dataclass
+class DbGateway:
+    """A gateway in process, with a real PostgreSQL, in front of the fake upstream."""
+
+    client: httpx.AsyncClient
+    app: FastAPI
+    upstream_url: str
+
+    def headers(self, key: str = ADMIN_KEY, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}", **extra}
+
+    async def create_key(self, **fields: object) -> dict[str, object]:
+        response = await self.client.post("/admin/keys", json=fields, headers=self.headers())
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def db_gateway(tmp_path: Path, postgres_url: str, fake_upstream_url: str) -> AsyncIterator[DbGateway]:
+    models = {
+        "ok": chat_entry(fake_upstream_url, upstream_model="upstream-ok"),
+        "other": chat_entry(fake_upstream_url),
+        "tiny": chat_entry(fake_upstream_url, max_tokens=64),
+    }
+    settings = make_settings(
+        write_models_file(tmp_path / "models.yaml", models),
+        database_url=postgres_url,
+        audit_spool_dir=tmp_path / "spool",
+        audit_flush_interval_s=0.05,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=10) as client:
+            yield DbGateway(client=client, app=app, upstream_url=fake_upstream_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -44,10 +45,18 @@ def spec(upstream: str) -> ModelSpec:
     return ModelSpec(name="public", **{k: v for k, v in chat_entry("http://x", upstream_model=upstream).items()})
 
 
-async def relay(chunks: list[bytes], upstream: str) -> tuple[bytes, FakeResponse]:
+async def relay(
+    chunks: list[bytes], upstream: str, *, usage: dict[str, Any] | None = None, forward_usage: bool = False
+) -> tuple[bytes, FakeResponse]:
     response = FakeResponse(chunks)
-    out = b"".join([c async for c in relay_stream(response, spec=spec(upstream), requested_name="public")])  # type: ignore[arg-type]
-    return out, response
+    stream = relay_stream(
+        response,  # type: ignore[arg-type]
+        spec=spec(upstream),
+        requested_name="public",
+        usage={} if usage is None else usage,
+        forward_usage=forward_usage,
+    )
+    return b"".join([chunk async for chunk in stream]), response
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
@@ -71,3 +80,16 @@ async def test_early_end_becomes_an_error_event_and_closes_upstream(ending: byte
     assert events[0] == event("public", "a").rstrip()
     assert b'"error"' in events[1] and events[2] == b"data: [DONE]"
     assert response.closed
+
+
+USAGE = b'data: {"model":"served","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+
+
+@pytest.mark.parametrize("forward_usage", [False, True])
+async def test_usage_is_recorded_and_shown_only_when_asked(forward_usage: bool) -> None:
+    usage: dict[str, Any] = {}
+    whole = event("served", "a") + USAGE + DONE_EVENT
+    out, _ = await relay([whole[:20], whole[20:]], "served", usage=usage, forward_usage=forward_usage)
+    assert usage == {"prompt_tokens": 7, "completion_tokens": 3}
+    assert (b'"usage":{' in out) is forward_usage
+    assert out.endswith(DONE_EVENT)

@@ -1,0 +1,106 @@
+"""AuditRecord: one audit row as the gateway makes it, its spool line and its database row."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from gateway.store.models import AuditEvent
+
+# The audit_log columns the writer fills, in the order of a spool line and of a database row
+# (`id` is the table's own identity).
+COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "occurred_at",
+    "kind",
+    "request_id",
+    "key_id",
+    "role",
+    "method",
+    "endpoint",
+    "model",
+    "status",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_hit",
+    "error_type",
+    "client_addr",
+    "action",
+    "target",
+)
+
+# A spool line is a JSON array led by this version, so a later column change can still read old spools.
+LINE_VERSION = 1
+
+# Column widths from the model: strings are cut to fit (a client's X-Request-ID can be any length),
+# because one over-long value would otherwise fail its whole batch.
+_WIDTHS: dict[int, int] = {
+    i: width
+    for i, name in enumerate(COLUMNS)
+    if (width := getattr(AuditEvent.__table__.c[name].type, "length", None)) is not None
+}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True, kw_only=True)
+class AuditRecord:
+    """One API request (kind 'api') or admin action (kind 'admin'); event_id makes replays idempotent."""
+
+    kind: Literal["api", "admin"]
+    method: str
+    endpoint: str
+    status: int
+    latency_ms: float
+    request_id: str | None = None
+    key_id: uuid.UUID | None = None
+    role: str | None = None
+    model: str | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cache_hit: bool = False
+    error_type: str | None = None
+    client_addr: str | None = None
+    action: str | None = None
+    target: str | None = None
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    occurred_at: datetime = field(default_factory=_utcnow)
+
+    def values(self) -> tuple[Any, ...]:
+        """The column values in COLUMNS order, as given."""
+        return tuple(getattr(self, name) for name in COLUMNS)
+
+    def as_row(self) -> tuple[Any, ...]:
+        """The column values in COLUMNS order, strings cut to their column's width."""
+        row = list(self.values())
+        for i, width in _WIDTHS.items():
+            value = row[i]
+            if isinstance(value, str) and len(value) > width:
+                row[i] = value[:width]
+        return tuple(row)
+
+    def to_line(self) -> bytes:
+        """The compact spool form: one JSON array and a newline."""
+        return orjson.dumps([LINE_VERSION, *self.values()]) + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> AuditRecord:
+        """Parse a line made by to_line; ValueError (or a subclass) if it is not one."""
+        data = orjson.loads(line)
+        if not isinstance(data, list) or len(data) != len(COLUMNS) + 1 or data[0] != LINE_VERSION:
+            raise ValueError("not an audit spool line")
+        fields = dict(zip(COLUMNS, data[1:], strict=True))
+        fields["event_id"] = uuid.UUID(fields["event_id"])
+        fields["occurred_at"] = datetime.fromisoformat(fields["occurred_at"])
+        if fields["key_id"] is not None:
+            fields["key_id"] = uuid.UUID(fields["key_id"])
+        return cls(**fields)

@@ -1,0 +1,114 @@
+"""`citadel keys create|list|revoke`: the admin API's key operations, straight against DATABASE_URL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .auth import Role
+from .store import keys as key_rows
+from .store.db import create_engine, create_sessionmaker, is_connection_error
+from .store.models import AuditEvent
+
+
+def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="create, list and revoke API keys (DATABASE_URL from env or .env)")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="create a key and print its secret (shown only once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
+    create.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--tpm", type=int, help="tokens per minute")
+    create.add_argument("--expires-in-days", type=float)
+    listing = actions.add_parser("list", help="list keys (prefixes, never secrets)")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    revoke = actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=uuid.UUID)
+
+
+def run_keys(args: argparse.Namespace, database_url: str) -> int:
+    try:
+        return asyncio.run(_run(args, database_url))
+    except Exception as exc:
+        if is_connection_error(exc):
+            print("citadel: the database is unreachable (check DATABASE_URL)", file=sys.stderr)
+            return 1
+        raise
+
+
+async def _run(args: argparse.Namespace, database_url: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if args.keys_command == "create":
+                return await _create(session, args)
+            if args.keys_command == "list":
+                return await _list(session, include_revoked=args.all)
+            return await _revoke(session, args.key_id)
+    finally:
+        await engine.dispose()
+
+
+async def _create(session: AsyncSession, args: argparse.Namespace) -> int:
+    expires = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    row, secret = await key_rows.create_key(
+        session=session,
+        name=args.name,
+        role=args.role,
+        allowed_models=models,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        expires_at=expires,
+    )
+    _audit(session, action="keys.create", target=str(row.id))
+    await session.commit()
+    print(f"id:     {row.id}\nname:   {row.name}\nrole:   {row.role}\nprefix: {row.prefix}")
+    print(f"key:    {secret}\n\nStore the key now: it is not kept and cannot be shown again.")
+    return 0
+
+
+async def _list(session: AsyncSession, *, include_revoked: bool) -> int:
+    rows = await key_rows.list_keys(session=session, limit=10_000, offset=0, include_revoked=include_revoked)
+    print(f"{'id':36}  {'prefix':11}  {'role':6}  {'state':8}  name")
+    now = datetime.now(UTC)
+    for row in rows:
+        state = "revoked" if row.revoked_at else ("expired" if not key_rows.is_usable(row, now=now) else "active")
+        print(f"{row.id!s:36}  {row.prefix:11}  {row.role:6}  {state:8}  {row.name}")
+    return 0
+
+
+async def _revoke(session: AsyncSession, key_id: uuid.UUID) -> int:
+    row = await key_rows.revoke_key(session=session, key_id=key_id)
+    if row is None:
+        print(f"citadel: no key with id {key_id}", file=sys.stderr)
+        return 1
+    _audit(session, action="keys.revoke", target=str(key_id))
+    await session.commit()
+    print(f"revoked {key_id} ({row.name}); gateways stop accepting it within their key cache TTL")
+    return 0
+
+
+def _audit(session: AsyncSession, *, action: str, target: str) -> None:
+    """Admin actions from the command line are audited like the API's (written in the same transaction)."""
+    session.add(
+        AuditEvent(
+            event_id=uuid.uuid4(),
+            occurred_at=datetime.now(UTC),
+            kind="admin",
+            role="admin",
+            method="CLI",
+            endpoint="citadel keys",
+            status=0,
+            latency_ms=0.0,
+            cache_hit=False,
+            action=action,
+            target=target,
+        )
+    )

@@ -1,0 +1,114 @@
+"""Admin API wire models: keys, audit entries and usage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..store.models import ApiKey, AuditEvent
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    role: Literal["admin", "user", "viewer"] = "user"
+    allowed_models: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=100)] | None = None
+    requests_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    expires_at: datetime | None = None
+
+
+class KeyOut(BaseModel):
+    """A key as shown after creation: everything but the secret (shown once) and its digest (never)."""
+
+    object: Literal["api_key"] = "api_key"
+    id: uuid.UUID
+    name: str
+    prefix: str
+    role: str
+    allowed_models: list[str] | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            role=row.role,
+            allowed_models=row.allowed_models,
+            requests_per_minute=row.requests_per_minute,
+            tokens_per_minute=row.tokens_per_minute,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+            created_at=row.created_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret. Shown only in this answer; store it now.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    event_id: uuid.UUID
+    occurred_at: datetime
+    kind: str
+    request_id: str | None
+    key_id: uuid.UUID | None
+    role: str | None
+    method: str
+    endpoint: str
+    model: str | None
+    status: int
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cache_hit: bool
+    error_type: str | None
+    client_addr: str | None
+    action: str | None
+    target: str | None
+
+    @classmethod
+    def of(cls, row: AuditEvent) -> AuditEntry:
+        return cls.model_validate(row)
+
+
+class AuditPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditEntry]
+    has_more: bool
+    # Pass as `before_id` to get the next (older) page.
+    next_before_id: int | None
+
+
+class UsageRow(BaseModel):
+    key_id: uuid.UUID | None
+    model: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageReport(BaseModel):
+    object: Literal["usage"] = "usage"
+    since: datetime
+    until: datetime
+    data: list[UsageRow]

