@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from .auth import PERMISSION_ATTR, KeyStore
 from .catalog import Catalog, load_catalog
 from .conversations import Conversations
 from .errors import install_error_handlers
+from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
@@ -72,8 +74,15 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.key_store = key_store
         app.state.audit = audit
         app.state.conversations = Conversations(db_sessions)
+        _tune_gc()
         try:
-            yield
+            async with housekeeping(
+                catalog=catalog,
+                db_sessions=db_sessions,
+                audit_dsn=asyncpg_dsn(database_url) if database_url else None,
+                retention_days=settings.audit_retention_days,
+            ):
+                yield
         finally:
             # Requests have drained (uvicorn waits for them); everything audited so far is flushed or spooled.
             await audit.close()
@@ -91,6 +100,18 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _tune_gc() -> None:
+    """Move the start-up heap (~100k objects: SQLAlchemy, FastAPI, pydantic) out of the collector's way.
+
+    Measured with bench/overhead.py: full collections of that heap took ~90 ms each, every 0.5 s under
+    load, and were the gateway's p99. Frozen, a collection takes ~2.5 ms; a higher gen-0 threshold
+    (requests allocate but make no cycles) cut CPU per request by another 15-25%.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 async def _record_models(db_sessions: async_sessionmaker[AsyncSession], catalog: Catalog) -> None:

@@ -125,3 +125,5 @@ async def current_principal(request: Request) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+# The guard itself as the principal: one dependency instead of two on the hot inference routes.
+InferenceCaller = Annotated[Principal, Depends(require(Permission.INFERENCE))]

@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             "CITADEL_PORT": str(args.gateway_port),
             "DATABASE_URL": database_url,
         }
+        if "CITADEL_AUDIT_SPOOL_DIR" not in {**env_file, **os.environ}:
+            # The spool belongs with the database it will be replayed into.
+            gateway_env["CITADEL_AUDIT_SPOOL_DIR"] = str(args.cache_dir / "audit-spool")
         gateway_env.setdefault("CITADEL_HOST", "127.0.0.1")
         command = [sys.executable, "-m", "gateway", "serve", "--port", str(args.gateway_port)]
         gateway = stack.start("gateway", command, env=gateway_env, is_ready=lambda: healthy(f"{gateway_url}/health"))

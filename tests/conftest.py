@@ -21,7 +21,12 @@ def free_port() -> int:
 
 
 def make_settings(config_path: Path, **overrides: object) -> Settings:
-    """Settings for a test: only what is passed here, never the environment's .env file."""
+    """Settings for a test: only what is passed here, never the environment's .env file.
+
+    The audit spool defaults to a folder of the test's own: a shared one would be replayed into
+    whatever database the next gateway uses.
+    """
+    overrides.setdefault("audit_spool_dir", config_path.parent / "audit-spool")
     return Settings(_env_file=None, admin_key=ADMIN_KEY, config_path=config_path, **overrides)  # type: ignore[call-arg]
 
 

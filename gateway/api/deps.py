@@ -9,26 +9,14 @@ from fastapi import Depends, Request
 
 from ..audit.record import AuditRecord
 from ..catalog import Catalog
-from ..conversations import Conversations
 from ..errors import InvalidRequest, PayloadTooLarge
-from ..inference import InferenceService
 
 
 # Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread pool.
-async def get_inference(request: Request) -> InferenceService:
-    return request.app.state.inference  # type: ignore[no-any-return]
-
-
 async def get_catalog(request: Request) -> Catalog:
     return request.app.state.inference.catalog  # type: ignore[no-any-return]
 
 
-async def get_conversations(request: Request) -> Conversations:
-    return request.app.state.conversations  # type: ignore[no-any-return]
-
-
-InferenceDep = Annotated[InferenceService, Depends(get_inference)]
-ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Literal
 
 import orjson
-
-from gateway.store.models import AuditEvent
 
 # The audit_log columns the writer fills, in the order of a spool line and of a database row
 # (`id` is the table's own identity).
@@ -38,13 +37,7 @@ COLUMNS: tuple[str, ...] = (
 # A spool line is a JSON array led by this version, so a later column change can still read old spools.
 LINE_VERSION = 1
 
-# Column widths from the model: strings are cut to fit (a client's X-Request-ID can be any length),
-# because one over-long value would otherwise fail its whole batch.
-_WIDTHS: dict[int, int] = {
-    i: width
-    for i, name in enumerate(COLUMNS)
-    if (width := getattr(AuditEvent.__table__.c[name].type, "length", None)) is not None
-}
+_values = attrgetter(*COLUMNS)
 
 
 def _utcnow() -> datetime:
@@ -76,17 +69,8 @@ class AuditRecord:
     occurred_at: datetime = field(default_factory=_utcnow)
 
     def values(self) -> tuple[Any, ...]:
-        """The column values in COLUMNS order, as given."""
-        return tuple(getattr(self, name) for name in COLUMNS)
-
-    def as_row(self) -> tuple[Any, ...]:
-        """The column values in COLUMNS order, strings cut to their column's width."""
-        row = list(self.values())
-        for i, width in _WIDTHS.items():
-            value = row[i]
-            if isinstance(value, str) and len(value) > width:
-                row[i] = value[:width]
-        return tuple(row)
+        """The column values in COLUMNS order (a database row; strings are cut to width by the INSERT)."""
+        return _values(self)  # type: ignore[no-any-return]
 
     def to_line(self) -> bytes:
         """The compact spool form: one JSON array and a newline."""

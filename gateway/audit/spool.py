@@ -44,6 +44,7 @@ class Spool:
         # Several segments under the bound, so replayed ones free space while the spool is still in use.
         self.segment_bytes = max(1, min(segment_bytes, max_bytes // 4))
         self.drops = DropLog("audit spool full or failing", interval_s=drop_log_interval_s)
+        self.unwritable = DropLog("audit records with values JSON cannot hold", interval_s=drop_log_interval_s)
         self.corrupt_lines = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock(self.directory / ".lock")
@@ -55,7 +56,7 @@ class Spool:
 
     @property
     def dropped(self) -> int:
-        return self.drops.count
+        return self.drops.count + self.unwritable.count
 
     @property
     def pending_bytes(self) -> int:
@@ -74,7 +75,11 @@ class Spool:
         lines: list[bytes] = []
         dropped = 0
         for record in records:
-            line = record.to_line()
+            try:
+                line = record.to_line()
+            except TypeError:  # a field of a type JSON cannot hold: that record alone is lost
+                self.unwritable.add()
+                continue
             if len(line) <= budget:
                 lines.append(line)
                 budget -= len(line)
@@ -104,7 +109,11 @@ class Spool:
 
     def read(self, segment: Path) -> list[AuditRecord]:
         """The records of one segment in order; a line cut short by a crash or unreadable is skipped."""
-        data = segment.read_bytes()
+        try:
+            data = segment.read_bytes()
+        except FileNotFoundError:  # removed by hand: nothing to replay, and nothing to retry forever
+            log.warning("audit spool: segment %s vanished", segment.name)
+            return []
         records: list[AuditRecord] = []
         bad = 0
         lines = data.split(b"\n")

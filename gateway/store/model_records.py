@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,4 +30,14 @@ async def sync_models(*, session: AsyncSession, catalog: Catalog) -> None:
                 index_elements=[ModelRecord.name], set_={**values, "updated_at": func.now()}
             )
         )
+    await session.commit()
+
+
+async def record_health(*, session: AsyncSession, healthy: dict[str, bool]) -> None:
+    """Store each model's status; `last_seen_healthy_at` moves only when it answered."""
+    for name, ok in healthy.items():
+        values: dict[str, object] = {"status": "healthy" if ok else "unreachable", "updated_at": func.now()}
+        if ok:
+            values["last_seen_healthy_at"] = func.now()
+        await session.execute(update(ModelRecord).where(ModelRecord.name == name).values(**values))
     await session.commit()

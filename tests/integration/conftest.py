@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, fake_upstream_url: str) ->
         "CITADEL_PROFILE": "",
         "CITADEL_UPSTREAM_READ_TIMEOUT_S": "1",
         "CITADEL_MAX_BODY_BYTES": "65536",
+        "CITADEL_AUDIT_SPOOL_DIR": str(workdir / "audit-spool"),
     }
     # cwd is the temp dir, so the developer's .env is not read.
     gateway = processes.start(
@@ -99,6 +101,14 @@ class DbGateway:
 
 @pytest.fixture
 async def db_gateway(tmp_path: Path, postgres_url: str, fake_upstream_url: str) -> AsyncIterator[DbGateway]:
+    async with running_db_gateway(tmp_path, postgres_url, fake_upstream_url) as gateway:
+        yield gateway
+
+
+@asynccontextmanager
+async def running_db_gateway(
+    tmp_path: Path, postgres_url: str, fake_upstream_url: str, **overrides: object
+) -> AsyncIterator[DbGateway]:
     models = {
         "ok": chat_entry(fake_upstream_url, upstream_model="upstream-ok"),
         "other": chat_entry(fake_upstream_url),
@@ -109,6 +119,7 @@ async def db_gateway(tmp_path: Path, postgres_url: str, fake_upstream_url: str) 
         database_url=postgres_url,
         audit_spool_dir=tmp_path / "spool",
         audit_flush_interval_s=0.05,
+        **overrides,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

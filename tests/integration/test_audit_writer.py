@@ -27,7 +27,7 @@ from gateway.store.db import asyncpg_dsn
 from gateway.store.migrate import migrate
 from services.postgres import LocalPostgres
 
-FAST = {"batch_size": 100, "flush_interval_s": 0.05, "write_timeout_s": 1.0, "retry_max_s": 0.5}
+FAST: dict[str, Any] = {"batch_size": 100, "flush_interval_s": 0.05, "write_timeout_s": 1.0, "retry_max_s": 0.5}
 
 
 def make(i: int = 0, **fields: Any) -> AuditRecord:
@@ -78,6 +78,10 @@ def server(postgres_server: LocalPostgres | None) -> LocalPostgres:
     return postgres_server
 
 
+def slots(spool_dir: Path) -> list[str]:
+    return sorted(p.name for p in spool_dir.iterdir())
+
+
 async def stored(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -112,6 +116,7 @@ async def test_rows_are_written_in_batches(dsn: str, tmp_path: Path) -> None:
 async def test_close_flushes_everything(dsn: str, tmp_path: Path) -> None:
     writer = AuditLog(dsn, tmp_path, batch_size=5000, flush_interval_s=60)
     await writer.start()
+    await until(lambda: writer.connected, what="the first pass (then a minute's sleep)")
     recorded = [make(i) for i in range(1234)]
     for rec in recorded:
         writer.record(rec)
@@ -213,7 +218,8 @@ async def test_replaying_rows_already_stored_inserts_nothing_twice(dsn: str, tmp
         writer.record(rec)
     await writer.close()
     spool = Spool(tmp_path / "again" / "0", max_bytes=10_000_000)
-    spool.append(recorded[200:] + [extra := make(400)])
+    extra = make(400)
+    spool.append([*recorded[200:], extra])
     spool.close()
 
     replayer = AuditLog(dsn, tmp_path / "again", **FAST)
@@ -250,7 +256,7 @@ async def test_two_live_writers_get_separate_spool_slots(dsn: str, tmp_path: Pat
     two.record(make(2))
     await one.close()
     await two.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1"]
+    assert slots(tmp_path) == ["0", "1"]
 
     # A later writer claims slot 0 and adopts slot 1, whose writer is gone.
     writer = AuditLog(dsn, tmp_path)
@@ -259,18 +265,35 @@ async def test_two_live_writers_get_separate_spool_slots(dsn: str, tmp_path: Pat
     assert writer.replayed_rows == 2 and len(await stored(dsn)) == 2
 
 
-async def test_invalid_row_is_dropped_and_its_batch_written(dsn: str, tmp_path: Path) -> None:
+async def test_invalid_rows_are_dropped_and_the_rest_of_their_batch_written(dsn: str, tmp_path: Path) -> None:
     writer = AuditLog(dsn, tmp_path, **FAST)
     await writer.start()
-    good = [make(i) for i in range(20)]
+    good = [make(i) for i in range(30)]
     for rec in good[:10]:
         writer.record(rec)
-    writer.record(make(kind="bogus"))  # violates the table's CHECK
-    for rec in good[10:]:
+    writer.record(make(kind="bogus"))  # violates the table's CHECK (rejected by PostgreSQL)
+    for rec in good[10:20]:
+        writer.record(rec)
+    writer.record(make(status=70_000))  # out of smallint range (rejected by the driver's COPY)
+    for rec in good[20:]:
         writer.record(rec)
     await writer.close()
-    assert writer.dropped_rows == 1 and writer.written_rows == 20
+    assert writer.dropped_rows == 2 and writer.written_rows == 30
     await assert_exactly_once_in_order(dsn, good)
+
+
+async def test_long_strings_are_cut_to_their_column(dsn: str, tmp_path: Path) -> None:
+    writer = AuditLog(dsn, tmp_path, **FAST)
+    await writer.start()
+    writer.record(make(request_id="r" * 1000, endpoint="/" + "e" * 500, client_addr="c" * 100))
+    await writer.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT request_id, endpoint, client_addr FROM llm.audit_log")
+    finally:
+        await conn.close()
+    assert row is not None and writer.dropped_rows == 0
+    assert (len(row["request_id"]), len(row["endpoint"]), len(row["client_addr"])) == (128, 128, 64)
 
 
 async def test_purge_deletes_old_rows_in_batches(dsn: str, tmp_path: Path) -> None:
