@@ -40,6 +40,13 @@ LINE_VERSION = 1
 _values = attrgetter(*COLUMNS)
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson leaves out: subclasses of UUID, such as the asyncpg UUID of a key id read from the database."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not an audit column type")
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -74,7 +81,7 @@ class AuditRecord:
 
     def to_line(self) -> bytes:
         """The compact spool form: one JSON array and a newline."""
-        return orjson.dumps([LINE_VERSION, *self.values()]) + b"\n"
+        return orjson.dumps([LINE_VERSION, *self.values()], default=_json_default) + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> AuditRecord:

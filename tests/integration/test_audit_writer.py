@@ -35,7 +35,8 @@ def make(i: int = 0, **fields: Any) -> AuditRecord:
     return AuditRecord(**{**base, "latency_ms": float(i), "model": "phi3", "key_id": KEY, **fields})
 
 
-KEY = uuid.uuid4()
+# As the gateway has it: read from api_keys through asyncpg, whose UUID is a subclass of uuid.UUID.
+KEY = asyncpg.pgproto.pgproto.UUID(str(uuid.uuid4()))
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:

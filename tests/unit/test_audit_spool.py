@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.audit.record import COLUMNS, AuditRecord
@@ -50,6 +51,13 @@ def test_line_round_trip_keeps_every_field() -> None:
     line = rec.to_line()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert AuditRecord.from_line(line.rstrip(b"\n")) == rec
+
+
+def test_uuid_from_the_database_driver_round_trips() -> None:
+    """Key ids read through asyncpg are its own UUID subclass, which orjson does not serialise by itself."""
+    key_id = asyncpg.pgproto.pgproto.UUID(str(uuid.uuid4()))
+    rec = make(1, key_id=key_id)[0]
+    assert AuditRecord.from_line(rec.to_line()).key_id == uuid.UUID(str(key_id))
 
 
 def test_values_follow_columns() -> None:
