@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
-	@echo "make migrate         create the database if missing and upgrade its schema (needs DATABASE_URL)"
+	@echo "make migrate         create the database if missing and upgrade its schema (DATABASE_URL, else the embedded one)"
 	@echo "make test            install and run the whole suite: unit, integration, e2e (real vLLM)"
 	@echo "make test-fast       unit + integration only (no model servers)"
 	@echo "make lint            ruff + mypy"
@@ -41,9 +41,9 @@ $(VLLM_VENV)/.installed: services/vllm/requirements.txt
 run: install install-models
 	$(VENV)/bin/python -m services.stack
 
-# Upgrades the schema of the PostgreSQL at DATABASE_URL (environment or .env); `make run` migrates its own.
 migrate: install
-	$(VENV)/bin/citadel migrate
+	@# DATABASE_URL (environment or .env) when set; otherwise the embedded PostgreSQL that `make run` uses.
+	$(VENV)/bin/python -m services.stack --migrate-only
 
 test: install install-models
 	$(VENV)/bin/ruff check gateway services tests bench

@@ -234,6 +234,20 @@ def start_database(stack: Stack, *, cache: Path, env_file: dict[str, str], port:
     return url
 
 
+def migrate_only(*, cache: Path, env_file: dict[str, str], port: int) -> int:
+    """`make migrate`: start the database if it is ours, migrate it, stop it again."""
+    (cache / "logs").mkdir(parents=True, exist_ok=True)
+    stack = Stack(logs=cache / "logs")
+    try:
+        start_database(stack, cache=cache, env_file=env_file, port=port)
+        return 0
+    except (RuntimeError, MigrationError, ValueError) as exc:
+        say(f"failed: {exc}")
+        return 1
+    finally:
+        stack.stop()
+
+
 def _local_password(path: Path) -> str:
     """The embedded server's password: made once, kept next to its data, readable by this user only."""
     if not path.exists():
@@ -261,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("CITADEL_POSTGRES_PORT", "15432")),
         help="port of the embedded PostgreSQL when DATABASE_URL is unset",
     )
+    parser.add_argument(
+        "--migrate-only",
+        action="store_true",
+        help="only bring the database to the newest schema (the embedded one unless DATABASE_URL is set), then stop",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CITADEL_CACHE_DIR", DEFAULT_CACHE)))
     parser.add_argument("--vllm-python", type=Path, default=Path(os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON)))
     parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("CITADEL_READY_TIMEOUT", "600")))
@@ -270,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     # stops with SIGTERM; both must stop everything we start.
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if args.migrate_only:
+        return migrate_only(cache=args.cache_dir, env_file=read_env_file(ROOT / ".env"), port=args.postgres_port)
     ensure_env_file(ROOT / ".env", ROOT / ".env.example")
     env_file = read_env_file(ROOT / ".env")
     profile = (
