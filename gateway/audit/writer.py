@@ -4,6 +4,8 @@ Records form one queue, oldest first: spool segments on disk, then chunks handed
 queue (the backlog), then the memory queue. Only the oldest part is ever written, so rows reach
 audit_log in the order they were recorded, and every insert is `ON CONFLICT (event_id) DO NOTHING`,
 so a batch written twice (a replay after a commit whose answer was lost) inserts nothing twice.
+The same statement adds the rows it inserted to the daily usage rollup (llm.usage_daily), so the rollup
+counts each row once and commits or fails together with it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.audit.record import COLUMNS, AuditRecord
 from gateway.audit.spool import DropLog, Spool, SpoolBusy
-from gateway.store.models import AuditEvent
+from gateway.store.models import NO_KEY, NO_MODEL, AuditEvent, UsageDaily
 
 log = logging.getLogger(__name__)
 
 TABLE = AuditEvent.__table__.fullname  # type: ignore[attr-defined]
+USAGE_TABLE = UsageDaily.__table__.fullname  # type: ignore[attr-defined]
 _COLS = ", ".join(COLUMNS)
 
 
@@ -53,13 +56,33 @@ CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} "
     f"({', '.join(f'{name} {sql_type}' for name, (sql_type, _) in _SQL.items())}) ON COMMIT DELETE ROWS"
 )
-MERGE = (
+# The rows an insert really made (RETURNING skips those ON CONFLICT left out), summed per UTC day, key and
+# model into usage_daily. In key order, so two writers upserting the same rows lock them in the same order
+# (no deadlock between gateway workers).
+_ROLLUP = (
+    f"INSERT INTO {USAGE_TABLE} AS u (day, key_id, model, requests, prompt_tokens, completion_tokens) "
+    f"SELECT (occurred_at AT TIME ZONE 'UTC')::date, COALESCE(key_id, '{NO_KEY}'::uuid), "
+    f"COALESCE(model, '{NO_MODEL}'), count(*), COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0) "
+    "FROM ins WHERE kind = 'api' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+    "ON CONFLICT (day, key_id, model) DO UPDATE SET requests = u.requests + EXCLUDED.requests, "
+    "prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, "
+    "completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens"
+)
+
+
+def _with_rollup(insert: str) -> str:
+    """One statement: the audit insert, then the rollup of what it inserted; its value is the rows inserted."""
+    returning = "RETURNING occurred_at, kind, key_id, model, prompt_tokens, completion_tokens"
+    return f"WITH ins AS ({insert} {returning}), rollup AS ({_ROLLUP}) SELECT count(*) FROM ins"
+
+
+MERGE = _with_rollup(
     f"INSERT INTO {TABLE} ({_COLS}) "
     f"SELECT {', '.join(store.format(name) for name, (_, store) in _SQL.items())} FROM {STAGING} "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 _VALUES = ", ".join(store.format(f"${i}::{sql_type}") for i, (sql_type, store) in enumerate(_SQL.values(), 1))
-_INSERT_ONE = f"INSERT INTO {TABLE} ({_COLS}) VALUES ({_VALUES}) ON CONFLICT (event_id) DO NOTHING"
+_INSERT_ONE = _with_rollup(f"INSERT INTO {TABLE} ({_COLS}) VALUES ({_VALUES}) ON CONFLICT (event_id) DO NOTHING")
 _PURGE = (
     f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE occurred_at < $1 ORDER BY occurred_at LIMIT $2)"
 )
@@ -383,7 +406,7 @@ class AuditLog:
             async with asyncio.timeout(self._write_timeout_s):
                 await conn.execute("BEGIN")
                 await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
-                status = await conn.execute(MERGE)
+                inserted: int = await conn.fetchval(MERGE)
                 await conn.execute("COMMIT")
         except asyncio.CancelledError:
             self._drop_connection()
@@ -393,7 +416,7 @@ class AuditLog:
                 return await self._write_one_by_one(conn, rows)
             self._mark_down(exc, "write")
             return False
-        self.written_rows += _row_count(status)
+        self.written_rows += inserted
         return True
 
     async def _write_one_by_one(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> bool:
@@ -403,7 +426,8 @@ class AuditLog:
                 await conn.execute("ROLLBACK")
                 for row in rows:
                     try:
-                        self.written_rows += _row_count(await conn.execute(_INSERT_ONE, *row))
+                        # One statement, so the row and its rollup share a transaction here too.
+                        self.written_rows += await conn.fetchval(_INSERT_ONE, *row)
                     except asyncpg.PostgresError as exc:
                         if not _is_data_error(exc):
                             raise
@@ -460,7 +484,11 @@ def _row_count(status: str) -> int:
 
 
 async def purge_older_than(dsn: str, days: float, batch_rows: int = 10_000) -> int:
-    """Delete audit rows older than `days`, batch_rows per transaction (short locks); returns rows deleted."""
+    """Delete audit rows older than `days`, batch_rows per transaction (short locks); returns rows deleted.
+
+    llm.usage_daily keeps its history: it is small (one row per key, model and day) and usage over a window
+    older than the retention still comes from it, for its whole days.
+    """
     cutoff = datetime.now(UTC) - timedelta(days=days)
     conn = await asyncpg.connect(dsn, server_settings={"application_name": "citadel-audit-retention"})
     deleted = 0

@@ -100,8 +100,9 @@ def status_error(spec: ModelSpec, status: int, body: bytes) -> UpstreamStatus:
     except orjson.JSONDecodeError:
         pass
     if status >= 500 or not message:
-        # 5xx messages can carry server internals (paths, stack details): log them, do not pass them on.
-        log.warning("model %s answered %s: %s", spec.name, status, message[:200])
+        # 5xx messages can carry server internals (paths, stack details, even request text): neither passed
+        # on nor logged; the model server's own log has them.
+        log.warning("model %s answered %s", spec.name, status)
         return UpstreamStatus(status, f"The model server for '{spec.name}' failed to process the request.")
     # The upstream knows the model by its served name; the client should only see the name it used.
     return UpstreamStatus(status, message.replace(spec.upstream_name, spec.name), param=param, code=code)

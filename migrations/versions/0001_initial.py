@@ -75,9 +75,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_id", name=op.f("uq_audit_log_event_id")),
         schema=SCHEMA,
     )
-    op.create_index("ix_audit_log_key_time", "audit_log", ["key_id", "occurred_at"], unique=False, schema=SCHEMA)
+    op.create_index(
+        "ix_audit_log_key_time",
+        "audit_log",
+        ["key_id", "occurred_at"],
+        unique=False,
+        schema=SCHEMA,
+        postgresql_include=["kind", "model", "prompt_tokens", "completion_tokens"],
+    )
     op.create_index("ix_audit_log_model_time", "audit_log", ["model", "occurred_at"], unique=False, schema=SCHEMA)
-    op.create_index(op.f("ix_audit_log_occurred_at"), "audit_log", ["occurred_at"], unique=False, schema=SCHEMA)
+    op.create_index(
+        "ix_audit_log_time",
+        "audit_log",
+        ["occurred_at"],
+        unique=False,
+        schema=SCHEMA,
+        postgresql_include=["kind", "key_id", "model", "prompt_tokens", "completion_tokens"],
+    )
     op.create_index("ix_audit_log_status_time", "audit_log", ["status", "occurred_at"], unique=False, schema=SCHEMA)
     op.create_table(
         "models",

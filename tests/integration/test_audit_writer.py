@@ -63,10 +63,10 @@ async def audit_db(postgres_url: str) -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture
 async def dsn(audit_db: str) -> str:
-    """The test database with an empty audit_log."""
+    """The test database with an empty audit_log (and usage rollup)."""
     conn = await asyncpg.connect(audit_db)
     try:
-        await conn.execute("TRUNCATE llm.audit_log")
+        await conn.execute("TRUNCATE llm.audit_log, llm.usage_daily")
     finally:
         await conn.close()
     return audit_db

@@ -12,7 +12,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -20,9 +22,12 @@ from sqlalchemy.pool import NullPool
 
 from gateway.cli import main as citadel
 from gateway.store.db import asyncpg_dsn
-from gateway.store.migrate import MigrationError, downgrade, migrate
+from gateway.store.migrate import ALEMBIC_INI, MigrationError, downgrade, migrate
 from gateway.store.models import SCHEMA, ApiKey, Base
 from services.postgres import LocalPostgres
+
+# The newest revision in migrations/versions, so adding a migration does not need these tests edited.
+HEAD = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -110,7 +115,7 @@ async def schema_exists(engine: AsyncEngine) -> bool:
 
 async def test_upgrade_matches_the_models(fresh_url: str, fresh_engine: AsyncEngine) -> None:
     lines = Lines()
-    assert await migrate(fresh_url, echo=lines) == "0001"
+    assert await migrate(fresh_url, echo=lines) == HEAD
     assert lines[0].endswith(": created")
     assert await inspect_db(fresh_engine, differences) == []
     assert await inspect_db(fresh_engine, live_constraints) == model_constraints()
@@ -120,7 +125,7 @@ async def test_downgrade_to_base_then_upgrade_again(fresh_url: str, fresh_engine
     await migrate(fresh_url, echo=Lines())
     assert await downgrade(fresh_url, "base", echo=Lines()) is None
     assert not await schema_exists(fresh_engine)
-    assert await migrate(fresh_url, echo=Lines()) == "0001"
+    assert await migrate(fresh_url, echo=Lines()) == HEAD
     assert await inspect_db(fresh_engine, differences) == []
 
 
@@ -133,8 +138,8 @@ async def test_migrate_twice_changes_nothing(fresh_url: str, fresh_engine: Async
     await migrate(fresh_url, echo=second)
     async with fresh_engine.connect() as connection:
         after: dict[str, int] = dict((await connection.execute(oids_query, {"schema": SCHEMA})).all())
-    assert first[0].endswith(": created") and first[-1] == "at revision 0001 (was base)"
-    assert second[0].endswith(": exists") and second[-1] == "at revision 0001 (unchanged)"
+    assert first[0].endswith(": created") and first[-1] == f"at revision {HEAD} (was base)"
+    assert second[0].endswith(": exists") and second[-1] == f"at revision {HEAD} (unchanged)"
     assert after == before  # nothing dropped and made again
 
 
