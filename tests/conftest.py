@@ -10,8 +10,8 @@ import pytest
 from gateway.settings import Settings
 from tests.support.catalogs import ADMIN_KEY
 
-# Real PostgreSQL for the tests that need it (embedded when DATABASE_URL is unset).
-pytest_plugins = ["tests.support.postgres"]
+# Real PostgreSQL and Redis for the tests that need them (local servers when DATABASE_URL / REDIS_URL are unset).
+pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
 
 
 def free_port() -> int:
