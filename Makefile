@@ -9,6 +9,7 @@ VLLM_VENV := .venv-vllm
 TORCH_INDEX_URL ?=
 PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
+CODE := gateway services tests bench migrations
 
 .PHONY: help install install-models run migrate test test-fast lint format bench clean
 
@@ -19,7 +20,7 @@ help:
 	@echo "make test-fast       unit + integration only (no model servers)"
 	@echo "make lint            ruff + mypy"
 	@echo "make bench           gateway overhead benchmark against a fake upstream"
-	@echo "make clean           remove caches and generated models (keeps the virtual environments)"
+	@echo "make clean           remove caches, logs and the demo model (keeps the venvs and the local database)"
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-dev.txt
@@ -46,7 +47,8 @@ migrate: install
 	$(VENV)/bin/python -m services.stack --migrate-only
 
 test: install install-models
-	$(VENV)/bin/ruff check gateway services tests bench
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/mypy gateway
 	@# pytest exits 5 when no test was collected: report it, do not fail on it; any other failure fails.
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -55,16 +57,17 @@ test-fast: install
 	$(VENV)/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check gateway services tests bench
-	$(VENV)/bin/ruff format --check gateway services tests bench
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 	$(VENV)/bin/mypy gateway
 
 format: install
-	$(VENV)/bin/ruff format gateway services tests bench
-	$(VENV)/bin/ruff check --fix gateway services tests bench
+	$(VENV)/bin/ruff format $(CODE)
+	$(VENV)/bin/ruff check --fix $(CODE)
 
 bench: install
 	$(VENV)/bin/python -m bench.overhead
 
 clean:
-	rm -rf .cache .pytest_cache .ruff_cache .mypy_cache
+	@# Keeps .cache/citadel/postgres and audit-spool: they hold keys and audit rows, not caches.
+	rm -rf .cache/citadel/models .cache/citadel/logs .pytest_cache .ruff_cache .mypy_cache

@@ -29,45 +29,37 @@ def _inference(request: Request) -> InferenceService:
     return request.app.state.inference  # type: ignore[no-any-return]
 
 
-async def _serve(endpoint: Endpoint, request: Request, principal: Principal) -> Response:
+async def _serve(endpoint: Endpoint, request: Request, principal: Principal, *, session: str | None = None) -> Response:
+    """Validate, forward and relay one request; with `session` (X-Session-ID), inside that conversation."""
     inference = _inference(request)
+    conversations: Conversations = request.app.state.conversations
+    session_id = None
+    if session is not None:
+        if not principal.can(Permission.SESSIONS):
+            raise PermissionDenied("This key's role may not use conversation sessions.")
+        session_id = parse_session_id(session)
     body = await read_body(request, limit=inference.settings.max_body_bytes)
-    prepared = inference.prepare(endpoint=endpoint, body=body, principal=principal)
+    history = None
+    if session_id is not None:
+        history = await conversations.history(session_id=session_id, principal=principal, model=None)
+    prepared = inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
     # The audit middleware reads these once the response has gone out.
     state = request.scope["state"]
     state["model"] = prepared.requested_name
     state["stream"] = prepared.stream
-    return await inference.forward(prepared, request_id=request_id(request), usage=state.setdefault("usage", {}))
-
-
-async def _serve_in_session(header: str, request: Request, principal: Principal) -> Response:
-    """A chat completion in a conversation session: stored history first, this turn stored after."""
-    if not principal.can(Permission.SESSIONS):
-        raise PermissionDenied("This key's role may not use conversation sessions.")
-    inference = _inference(request)
-    conversations: Conversations = request.app.state.conversations
-    session_id = parse_session_id(header)
-    body = await read_body(request, limit=inference.settings.max_body_bytes)
-    history = await conversations.history(session_id=session_id, principal=principal, model=None)
-    prepared = inference.prepare(endpoint="chat", body=body, principal=principal, history=history)
-    state = request.scope["state"]
-    state["model"] = prepared.requested_name
-    state["stream"] = prepared.stream
-    answer: dict[str, object] = {}
+    answer: dict[str, object] | None = {} if session_id is not None else None
     response = await inference.forward(
         prepared, request_id=request_id(request), usage=state.setdefault("usage", {}), answer=answer
     )
-    conversations.remember_after(response, session_id=session_id, new=prepared.new_messages, answer=answer)
+    if session_id is not None and answer is not None:
+        conversations.remember_after(response, session_id=session_id, new=prepared.new_messages, answer=answer)
     return response
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, caller: InferenceCaller) -> Response:
     """OpenAI chat completions, streamed as SSE when `stream` is true; `X-Session-ID` keeps a conversation."""
-    session_header = request.headers.get(SESSION_HEADER)
-    if session_header is not None:
-        return await _serve_in_session(session_header, request, caller)
-    return await _serve("chat", request, caller)
+    return await _serve("chat", request, caller, session=request.headers.get(SESSION_HEADER))
 
 
 @router.post("/completions")
