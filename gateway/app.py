@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from .api import admin, health, openai, sessions, usage
 from .audit.middleware import AuditMiddleware
 from .audit.writer import AuditLog
 from .auth import PERMISSION_ATTR, KeyStore
+from .cache import ResponseCache
 from .catalog import Catalog, load_catalog
 from .conversations import Conversations
 from .errors import install_error_handlers
@@ -24,6 +26,10 @@ from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
+from .pipeline import Pipeline
+from .ratelimit import LimitConfig, RateLimiter
+from .redisconn import RedisPolicy, create_redis
+from .revocation import RevocationListener
 from .settings import Settings, config_environment
 from .store.db import asyncpg_dsn, create_engine, create_sessionmaker, is_connection_error
 from .store.model_records import sync_models
@@ -69,23 +75,55 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             spool_max_bytes=settings.audit_spool_max_mb * 2**20,
         )
         await audit.start()
-        app.state.inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
+        redis = create_redis(settings.redis_url, timeout_ms=settings.redis_timeout_ms) if settings.redis_url else None
+        policy = RedisPolicy.from_settings(settings) if redis is not None else None
+        cache = None
+        if redis is not None and settings.cache_enabled:
+            cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
+        limit_config = LimitConfig.from_settings(settings)
+        limit_config.validate()
+        inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
+        conversations = Conversations(db_sessions)
+        app.state.inference = inference
         app.state.db_sessions = db_sessions
         app.state.key_store = key_store
         app.state.audit = audit
-        app.state.conversations = Conversations(db_sessions)
+        app.state.conversations = conversations
+        app.state.redis = redis
+        app.state.redis_policy = policy
+        app.state.pipeline = Pipeline(
+            inference=inference,
+            conversations=conversations,
+            limiter=RateLimiter(redis, limit_config) if redis is not None else None,
+            cache=cache,
+            policy=policy,
+        )
+        if redis is None:
+            log.warning("no REDIS_URL: no rate limits, no response cache, revocations reach only this worker")
         _tune_gc()
         try:
-            async with housekeeping(
-                catalog=catalog,
-                db_sessions=db_sessions,
-                audit_dsn=asyncpg_dsn(database_url) if database_url else None,
-                retention_days=settings.audit_retention_days,
-            ):
+            async with contextlib.AsyncExitStack() as background:
+                if redis is not None:
+                    # Revocations made on any worker reach this one at once (not after the key cache TTL).
+                    await background.enter_async_context(
+                        RevocationListener(redis, forget=key_store.forget, forget_all=key_store.forget_all)
+                    )
+                await background.enter_async_context(
+                    housekeeping(
+                        catalog=catalog,
+                        db_sessions=db_sessions,
+                        audit_dsn=asyncpg_dsn(database_url) if database_url else None,
+                        retention_days=settings.audit_retention_days,
+                    )
+                )
                 yield
         finally:
             # Requests have drained (uvicorn waits for them); everything audited so far is flushed or spooled.
             await audit.close()
+            if cache is not None:
+                await cache.drain()
+            if redis is not None:
+                await redis.aclose()
             await pool.close()
             if engine is not None:
                 await engine.dispose()

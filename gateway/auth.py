@@ -74,6 +74,8 @@ class KeyStore(Protocol):
 
     def forget(self, key_id: uuid.UUID) -> None: ...
 
+    def forget_all(self) -> None: ...
+
 
 def bearer_token(authorization: bytes | None) -> str | None:
     """The key from an `Authorization: Bearer <key>` header value, or None."""

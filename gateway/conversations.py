@@ -3,14 +3,14 @@ answer has gone out, appends the new turn and the assistant's reply."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.background import BackgroundTask
-from starlette.responses import Response
 
 from .auth import Principal
 from .errors import DatabaseUnavailable, InvalidRequest, NotFound
@@ -71,11 +71,11 @@ class Conversations:
             raise NotFound(f"No session with id {session_id}.", param="X-Session-ID")
         return found
 
-    def remember_after(
-        self, response: Response, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: dict[str, Any]
-    ) -> None:
-        """Append the turn once the response (or the whole stream) has been sent."""
-        response.background = BackgroundTask(self._append, session_id=session_id, new=new, answer=answer)
+    def remember(
+        self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: dict[str, Any]
+    ) -> Callable[[], Awaitable[None]]:
+        """The job that appends this turn; run it once the response (or the whole stream) has been sent."""
+        return functools.partial(self._append, session_id=session_id, new=new, answer=answer)
 
     async def _append(self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: dict[str, Any]) -> None:
         reply = answer.get("message")

@@ -49,6 +49,8 @@ class Prepared:
     client_wants_usage: bool = False
     # The messages this request added to a conversation session (stored after the answer).
     new_messages: list[dict[str, Any]] = field(default_factory=list)
+    # The completion budget asked for (None: the server's default), for the token estimate of rate limits.
+    max_tokens: int | None = None
 
 
 def model_not_allowed(name: str) -> PermissionDenied:
@@ -120,6 +122,7 @@ class InferenceService:
             stream=stream,
             client_wants_usage=client_wants_usage,
             new_messages=new_messages,
+            max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
         )
 
     def _check_generation(self, data: dict[str, Any], spec: ModelSpec) -> None:

@@ -3,7 +3,8 @@
 The cache keeps PostgreSQL off the request path: a key is looked up once per `ttl_s` (found or not),
 concurrent misses for one key share one query, and if the database is unreachable a key seen before
 keeps working on its last known record. A revoked key can therefore pass for at most `ttl_s` seconds on
-another worker; the worker that revokes it forgets it at once.
+another worker when Redis is unavailable; with Redis, the revocation is published and every worker forgets
+the key at once (gateway/revocation.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class BootstrapKeyStore:
         return self.match(key_digest(presented_key))
 
     def forget(self, key_id: object) -> None:
+        """Nothing is cached here."""
+
+    def forget_all(self) -> None:
         """Nothing is cached here."""
 
 
@@ -94,9 +98,13 @@ class CachedKeyStore:
         return _still_valid(principal)
 
     def forget(self, key_id: object) -> None:
-        """Drop a key from this worker's cache at once (after it was revoked here)."""
+        """Drop a key from this worker's cache at once (revoked here, or announced through Redis)."""
         for digest in [d for d, e in self._cache.items() if e.principal and e.principal.key_id == key_id]:
             del self._cache[digest]
+
+    def forget_all(self) -> None:
+        """Drop every cached lookup (revocations may have been missed while Redis was away)."""
+        self._cache.clear()
 
     async def _lookup_once(self, digest: bytes, presented_key: str, *, stale: _Entry | None) -> Principal | None:
         pending = self._inflight.get(digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
@@ -51,6 +52,37 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = Field(120.0, gt=0)
     upstream_total_timeout_s: float = Field(900.0, gt=0)
     upstream_pool_size: int = Field(256, ge=1)
+
+    # Redis (rate limits, response cache, key revocation across workers), e.g. redis://127.0.0.1:6379/0.
+    # Unset: no Redis is configured (the local stack and the tests start services.redis.LocalRedis instead).
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "CITADEL_REDIS_URL"))
+    # Connect, reply and pool-wait timeout of every Redis call, in milliseconds: a sidecar answers in well under
+    # one, so a dead or hanging Redis costs a request this much, not seconds.
+    redis_timeout_ms: float = Field(100.0, gt=0)
+    # What the rate limits do while Redis is unavailable: 'open' lets requests through, 'closed' answers 503.
+    redis_fail_mode_limits: Literal["open", "closed"] = "open"
+    # What the response cache does while Redis is unavailable: 'open' acts as a miss, 'closed' answers 503.
+    redis_fail_mode_cache: Literal["open", "closed"] = "open"
+    # Redis failures are logged at most once per this many seconds per route group (each one is counted).
+    redis_log_interval_s: float = Field(10.0, gt=0)
+    # After a connection failure or timeout, Redis is not called for this long (the circuit's cool-down).
+    redis_cooldown_ms: float = Field(250.0, ge=0)
+
+    # Rate limits (limit strings as in `limits`: "60/minute"; none: unlimited). Per key they come from the key
+    # record, then the role's default here, then the general default.
+    rate_limit_requests_default: str | None = "60/minute"
+    rate_limit_role_requests: dict[str, str | None] = {"admin": None, "user": "60/minute", "viewer": "60/minute"}
+    rate_limit_tokens_default: str | None = "100000/minute"
+    rate_limit_role_tokens: dict[str, str | None] = {"admin": None}
+    # Requests per minute per key and model ({"mixtral": "10/minute"}), for every role; default for the rest.
+    rate_limit_model_requests: dict[str, str | None] = {}
+    rate_limit_model_requests_default: str | None = None
+
+    # Response cache (exact match, per key): deterministic requests (temperature 0 or a seed), embeddings,
+    # and requests sent with `X-Cache: force`.
+    cache_enabled: bool = True
+    cache_ttl_s: float = Field(300.0, gt=0)
+    cache_max_entry_bytes: int = Field(1_048_576, gt=0)
 
 
 def config_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:

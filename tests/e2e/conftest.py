@@ -36,6 +36,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CITADEL_DEMO_CHAT_PORT": free_port(),
         "CITADEL_EMBED_PORT": free_port(),
         "CITADEL_POSTGRES_PORT": free_port(),
+        "CITADEL_REDIS_PORT": free_port(),
         "gateway": free_port(),
     }
     workdir = tmp_path_factory.mktemp("e2e")
@@ -46,11 +47,13 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CITADEL_DEMO_CHAT_PORT": str(ports["CITADEL_DEMO_CHAT_PORT"]),
         "CITADEL_EMBED_PORT": str(ports["CITADEL_EMBED_PORT"]),
         "CITADEL_POSTGRES_PORT": str(ports["CITADEL_POSTGRES_PORT"]),
+        "CITADEL_REDIS_PORT": str(ports["CITADEL_REDIS_PORT"]),
         # Its own PostgreSQL data, demo model and logs: a `make run` stack may be up beside it.
         "CITADEL_CACHE_DIR": str(workdir / "cache"),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
     log = workdir / "stack.log"
     url = f"http://127.0.0.1:{ports['gateway']}"
     runner = processes.start(

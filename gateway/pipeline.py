@@ -1,0 +1,179 @@
+"""The inference request path between the route and the model server, in order: conversation history,
+validation, rate limits (one Redis round trip), the response cache, forwarding, and the work done after
+the answer has gone out (cache store, token settlement, session append). Routes call `serve()` only."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .auth import Permission, Principal
+from .cache import CacheDecision, ResponseCache, cache_headers, cache_key, decide, replay_stream, tee_stream
+from .conversations import Conversations, parse_session_id
+from .errors import InvalidRequest, PayloadTooLarge, PermissionDenied
+from .inference import Endpoint, InferenceService, Prepared
+from .ratelimit import Decision, RateLimiter, estimate_tokens
+from .redisconn import RedisPolicy
+
+_SSE_HEADERS = {"X-Accel-Buffering": "no"}
+
+
+class Pipeline:
+    """Everything an inference request goes through; Redis-backed parts are None without Redis."""
+
+    def __init__(
+        self,
+        *,
+        inference: InferenceService,
+        conversations: Conversations,
+        limiter: RateLimiter | None,
+        cache: ResponseCache | None,
+        policy: RedisPolicy | None,
+    ) -> None:
+        self.inference = inference
+        self.conversations = conversations
+        self.limiter = limiter
+        self.cache = cache
+        self.policy = policy
+
+    async def serve(
+        self, *, endpoint: Endpoint, request: Request, principal: Principal, session: str | None
+    ) -> Response:
+        """Answer one request; `session` is the X-Session-ID header, if any."""
+        session_id = self._session_id(session, principal)
+        body = await read_body(request, limit=self.inference.settings.max_body_bytes)
+        history = None
+        if session_id is not None:
+            history = await self.conversations.history(session_id=session_id, principal=principal, model=None)
+        prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
+        # The audit middleware reads these once the response has gone out.
+        state: dict[str, Any] = request.scope["state"]
+        state["model"] = prepared.requested_name
+        state["stream"] = prepared.stream
+        usage: dict[str, Any] = state.setdefault("usage", {})
+
+        estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.max_tokens)
+        decision = await self._check_limits(principal, prepared, estimate)
+        limit_headers = decision.headers() if decision is not None else {}
+        after: list[Callable[[], Any]] = []
+
+        caching = (
+            CacheDecision.BYPASS if self.cache is None or session_id is not None else decide(prepared, request.headers)
+        )
+        key = cache_key(principal, prepared) if caching is not CacheDecision.BYPASS else ""
+        if caching.read:
+            cached = await self._cached(key)
+            if cached is not None:
+                state["cache_hit"] = True
+                hit = self._replay(cached, prepared, headers={**limit_headers, **cache_headers(hit=True)})
+                if decision is not None and decision.charged_tokens:
+                    # A cached answer costs the model nothing: give the charged tokens back.
+                    hit.background = BackgroundTasks([_task(self._settle, principal, decision, 0)])
+                return hit
+
+        answer: dict[str, Any] | None = {} if session_id is not None else None
+        response = await self.inference.forward(prepared, request_id=state["request_id"], usage=usage, answer=answer)
+        response.headers.update(limit_headers)
+        if caching is not CacheDecision.BYPASS:
+            response.headers.update(cache_headers(hit=False))
+            if caching.write:
+                self._store_later(response, key)
+        if decision is not None and decision.charged_tokens:
+            after.append(functools.partial(self._settle_used, principal, decision, usage))
+        if session_id is not None and answer is not None:
+            after.append(self.conversations.remember(session_id=session_id, new=prepared.new_messages, answer=answer))
+        if after:
+            response.background = BackgroundTasks([_task(job) for job in after])
+        return response
+
+    def _session_id(self, header: str | None, principal: Principal) -> uuid.UUID | None:
+        if header is None:
+            return None
+        if not principal.can(Permission.SESSIONS):
+            raise PermissionDenied("This key's role may not use conversation sessions.")
+        return parse_session_id(header)
+
+    async def _check_limits(self, principal: Principal, prepared: Prepared, estimate: int) -> Decision | None:
+        """None when there is no limiter or Redis failed open; raises the 429 (or, failing closed, a 503)."""
+        if self.limiter is None or self.policy is None:
+            return None
+        limiter = self.limiter
+        decision: Decision | None = await self.policy.call(
+            "limits",
+            lambda: limiter.check(principal=principal, model=prepared.requested_name, estimated_tokens=estimate),
+            fallback=None,
+        )
+        if decision is not None and not decision.allowed:
+            raise decision.error()
+        return decision
+
+    async def _cached(self, key: str) -> bytes | None:
+        assert self.cache is not None and self.policy is not None
+        cache = self.cache
+        found: bytes | None = await self.policy.call("cache", lambda: cache.get(key), fallback=None)
+        return found
+
+    def _replay(self, cached: bytes, prepared: Prepared, *, headers: dict[str, str]) -> Response:
+        if prepared.stream:
+            return StreamingResponse(
+                replay_stream(cached), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+            )
+        return Response(cached, media_type="application/json", headers=headers)
+
+    def _store_later(self, response: Response, key: str) -> None:
+        """Store the answer once it is complete, without making the client wait on Redis."""
+        assert self.cache is not None and self.policy is not None
+        cache, policy = self.cache, self.policy
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = tee_stream(
+                response.body_iterator,  # type: ignore[arg-type]  # our relay yields bytes only
+                max_bytes=cache.max_entry_bytes,
+                on_complete=lambda body: cache.put_later(key, body, policy=policy),
+            )
+        elif response.status_code == 200:
+            cache.put_later(key, bytes(response.body), policy=policy)
+
+    async def _settle_used(self, principal: Principal, decision: Decision, usage: dict[str, Any]) -> None:
+        """Correct the up-front token charge with what the model really used (after the answer)."""
+        actual = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+        if actual:  # no usage known (the request failed upstream): the charge stands
+            await self._settle(principal, decision, actual)
+
+    async def _settle(self, principal: Principal, decision: Decision, actual: int) -> None:
+        assert self.limiter is not None and self.policy is not None
+        limiter = self.limiter
+        await self.policy.call(
+            "limits",
+            lambda: limiter.settle(
+                principal=principal, charged=decision.charged_tokens, actual=actual, window=decision.tokens_window
+            ),
+            fallback=None,
+        )
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never read whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("The Content-Length header is not a number.")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _task(func: Callable[..., Any], *args: Any) -> BackgroundTask:
+    return BackgroundTask(func, *args)
