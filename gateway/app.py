@@ -25,6 +25,7 @@ from .errors import install_error_handlers
 from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
+from .metrics import count_redis_failure
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
 from .pipeline import Pipeline
 from .ratelimit import LimitConfig, RateLimiter
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         )
         await audit.start()
         redis = create_redis(settings.redis_url, timeout_ms=settings.redis_timeout_ms) if settings.redis_url else None
-        policy = RedisPolicy.from_settings(settings) if redis is not None else None
+        policy = RedisPolicy.from_settings(settings, on_event=count_redis_failure) if redis is not None else None
         cache = None
         if redis is not None and settings.cache_enabled:
             cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)

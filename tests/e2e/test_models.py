@@ -126,3 +126,28 @@ def test_keys_roles_and_audit_through_the_real_stack(gateway_url: str) -> None:
     assert sorted(row["status"] for row in rows) == [200, 403]
     served = next(row for row in rows if row["status"] == 200)
     assert served["model"] == "phi3" and served["completion_tokens"] > 0
+
+
+def test_rate_limit_and_cache_through_the_real_stack(gateway_url: str) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    created = httpx.post(
+        f"{gateway_url}/admin/keys",
+        json={"name": "e2e-limited", "role": "user", "requests_per_minute": 3},
+        headers=admin,
+    ).json()
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    body = {"model": "phi3", "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    first = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
+    assert first.headers["x-ratelimit-limit-requests"] == "12"
+    for _ in range(5):  # the answer is stored just after it has been sent
+        second = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        if second.status_code != 200 or second.headers.get("x-cache") == "HIT":
+            break
+        time.sleep(0.05)
+    assert second.status_code == 200 and second.headers["x-cache"] == "HIT"
+    assert second.json()["choices"] == first.json()["choices"]
+    statuses = [
+        httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers).status_code for _ in range(3)
+    ]
+    assert 429 in statuses

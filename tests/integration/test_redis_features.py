@@ -9,12 +9,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.redis import LocalRedis
 from tests.integration.conftest import DbGateway, running_db_gateway
 
 CHAT = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
 DETERMINISTIC = {**CHAT, "temperature": 0}
+
+
+def failures_counted() -> float:
+    """citadel_llm_redis_failures_total, all labels."""
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "citadel_llm_redis_failures"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def away_from_minute_edge() -> None:
@@ -120,6 +132,7 @@ async def test_redis_down_under_load_fails_open_and_recovers(
         pytest.skip("REDIS_URL names an external server: this test stops and starts its own")
     async with running_db_gateway(tmp_path, postgres_url, fake_upstream_url, redis_url=redis_url) as gw:
         key = str((await gw.create_key(name="redis-outage", role="user", requests_per_minute=10_000))["key"])
+        counted_before = failures_counted()
         statuses = [(await post(gw, key, DETERMINISTIC)).status_code for _ in range(20)]
         redis_server.stop()
         try:
@@ -129,6 +142,7 @@ async def test_redis_down_under_load_fails_open_and_recovers(
             statuses += [r.status_code for r in down]
             assert all("x-ratelimit-remaining-requests" not in r.headers for r in down)  # limits failed open
             assert gw.app.state.redis_policy.total() > 0
+            assert failures_counted() > counted_before
         finally:
             redis_server.start()
         await asyncio.sleep(0.5)  # past the policy's cool-down
