@@ -1,6 +1,6 @@
-"""The inference request path between the route and the model server, in order: conversation history,
-validation, rate limits (one Redis round trip), the response cache, forwarding, and the work done after
-the answer has gone out (cache store, token settlement, session append). Routes call `serve()` only."""
+"""The inference request path between the route and the model server, in order: validation, rate limits
+(one Redis round trip), conversation history, the response cache, forwarding, and the work done after the
+answer has gone out (cache store, token settlement, session append). Routes call `serve()` only."""
 
 from __future__ import annotations
 
@@ -48,10 +48,7 @@ class Pipeline:
         """Answer one request; `session` is the X-Session-ID header, if any."""
         session_id = self._session_id(session, principal)
         body = await read_body(request, limit=self.inference.settings.max_body_bytes)
-        history = None
-        if session_id is not None:
-            history = await self.conversations.history(session_id=session_id, principal=principal, model=None)
-        prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
+        prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal)
         # The audit middleware reads these once the response has gone out.
         state: dict[str, Any] = request.scope["state"]
         state["model"] = prepared.requested_name
@@ -62,6 +59,10 @@ class Pipeline:
         decision = await self._check_limits(principal, prepared, estimate)
         limit_headers = decision.headers() if decision is not None else {}
         after: list[Callable[[], Any]] = []
+        if session_id is not None:
+            # Only once the request is allowed does the database get asked for the history.
+            history = await self.conversations.history(session_id=session_id, principal=principal, model=None)
+            prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
 
         caching = (
             CacheDecision.BYPASS if self.cache is None or session_id is not None else decide(prepared, request.headers)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..auth import Permission, PrincipalDep, require
 from ..errors import InvalidRequest
@@ -41,7 +42,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def usage_report(
-    *, session: audit_queries.AsyncSession, window: Window, key_id: uuid.UUID | None, model: str | None
+    *, session: AsyncSession, window: Window, key_id: uuid.UUID | None, model: str | None
 ) -> UsageReport:
     rows = await audit_queries.usage(
         session=session, since=window.since, until=window.until, key_id=key_id, model=model
