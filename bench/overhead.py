@@ -32,6 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from services.redis import LocalRedis
 from tests.support.catalogs import chat_entry, write_models_file
 from tests.support.processes import stop, wait_healthy
 
@@ -218,6 +219,19 @@ def start_servers(stack: ExitStack, args: argparse.Namespace) -> tuple[Servers, 
     models = write_models_file(tmp / "models.yaml", {MODEL: chat_entry(f"http://127.0.0.1:{ports['direct']}")})
     gateway_env = {"CITADEL_ADMIN_KEY": KEY, "CITADEL_CONFIG_PATH": str(models), "CITADEL_PROFILE": ""}
     gateway_env["CITADEL_AUDIT_SPOOL_DIR"] = str(tmp / "audit-spool")  # no database: audit rows spool here
+    if not args.no_redis:
+        # Rate limits on, as the performance goal says: a local Redis (on the load's core) and a limit the
+        # bench cannot reach, so every request pays the real check (one EVALSHA) and none is refused.
+        with socket.socket() as three:
+            three.bind(("127.0.0.1", 0))
+            redis_port = three.getsockname()[1]
+        redis = LocalRedis(redis_port, data_dir=tmp)
+        progress(f"starting redis on :{redis_port}")
+        redis.start()
+        stack.callback(redis.stop)
+        gateway_env["REDIS_URL"] = redis.url
+        gateway_env["CITADEL_RATE_LIMIT_ROLE_REQUESTS"] = '{"admin": "1000000000/minute"}'
+        gateway_env["CITADEL_RATE_LIMIT_ROLE_TOKENS"] = '{"admin": "1000000000000/minute"}'
     plans = {  # cwd of the gateway is the temp dir, so that no .env is read
         "direct": (["-m", "services.fake_upstream"], args.load_cpu, ROOT, {"PYTHONPATH": str(ROOT)}),
         "gateway": (["-m", "gateway", "serve", "--workers", "1"], args.gateway_cpu, tmp, gateway_env),
@@ -295,6 +309,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="connections for the throughput cases")
     parser.add_argument("--gateway-cpu", type=int, default=0, help="the core of the gateway worker")
     parser.add_argument("--load-cpu", type=int, default=1, help="the core of the upstream and load generators")
+    parser.add_argument("--no-redis", action="store_true", help="measure without Redis (no rate limit check)")
     return parser.parse_args()
 
 
