@@ -229,6 +229,8 @@ def start_servers(stack: ExitStack, args: argparse.Namespace) -> tuple[Servers, 
         progress(f"starting redis on :{redis_port}")
         redis.start()
         stack.callback(redis.stop)
+        if PINNED and redis.pid is not None:
+            os.sched_setaffinity(redis.pid, {args.load_cpu})  # beside the upstream, off the gateway's core
         gateway_env["REDIS_URL"] = redis.url
         gateway_env["CITADEL_RATE_LIMIT_ROLE_REQUESTS"] = '{"admin": "1000000000/minute"}'
         gateway_env["CITADEL_RATE_LIMIT_ROLE_TOKENS"] = '{"admin": "1000000000000/minute"}'
