@@ -7,7 +7,6 @@ end), so the rows they commit never meet other tests; the fault tests stop and s
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,14 +17,13 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import make_url
 
 from gateway.audit.record import AuditRecord
 from gateway.audit.spool import Spool
 from gateway.audit.writer import AuditLog, purge_older_than
 from gateway.store.db import asyncpg_dsn
-from gateway.store.migrate import migrate
 from services.postgres import LocalPostgres
+from tests.support.postgres import fresh_database
 
 FAST: dict[str, Any] = {"batch_size": 100, "flush_interval_s": 0.05, "write_timeout_s": 1.0, "retry_max_s": 0.5}
 
@@ -50,15 +48,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 15.0, what: st
 @pytest_asyncio.fixture(scope="module")
 async def audit_db(postgres_url: str) -> AsyncIterator[str]:
     """A fresh migrated database on the shared server; yields its plain asyncpg DSN."""
-    name = f"citadel_audit_{secrets.token_hex(4)}"
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    await migrate(url, echo=lambda _line: None)
-    yield asyncpg_dsn(url)
-    admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres_url, prefix="citadel_audit") as url:
+        yield asyncpg_dsn(url)
 
 
 @pytest_asyncio.fixture

@@ -8,7 +8,6 @@ A database of its own on the shared server (created and migrated here, dropped a
 from __future__ import annotations
 
 import random
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.audit.record import AuditRecord
@@ -30,6 +29,7 @@ from gateway.store.audit_queries import usage
 from gateway.store.db import asyncpg_dsn, create_engine
 from gateway.store.migrate import downgrade, migrate
 from gateway.store.models import BOOTSTRAP_ADMIN_ID, NO_KEY, SCHEMA, Base
+from tests.support.postgres import fresh_database
 
 FAST: dict[str, Any] = {"batch_size": 100, "flush_interval_s": 0.05, "write_timeout_s": 2.0, "retry_max_s": 0.5}
 KEY_A, KEY_B = uuid.uuid4(), uuid.uuid4()
@@ -50,15 +50,8 @@ GROUP BY key_id, model ORDER BY key_id, model
 @pytest_asyncio.fixture(scope="module")
 async def rollup_url(postgres_url: str) -> AsyncIterator[str]:
     """A fresh migrated database on the shared server; yields its SQLAlchemy URL."""
-    name = f"citadel_usage_{secrets.token_hex(4)}"
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    await migrate(url, echo=lambda _line: None)
-    yield url
-    admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres_url, prefix="citadel_usage") as url:
+        yield url
 
 
 @pytest_asyncio.fixture

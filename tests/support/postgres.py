@@ -19,12 +19,15 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import asyncpg
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from gateway.store.db import create_engine, normalize_url
+from gateway.store.db import asyncpg_dsn, create_engine, normalize_url
 from gateway.store.migrate import migrate
 from services.postgres import LocalPostgres
 
@@ -82,3 +85,22 @@ async def db_session(db_engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         finally:
             await session.close()
             await transaction.rollback()
+
+
+@asynccontextmanager
+async def fresh_database(postgres_url: str, *, prefix: str) -> AsyncIterator[str]:
+    """A new database on the shared server, migrated to head and dropped afterwards; yields its SQLAlchemy URL.
+
+    For tests that count rows exactly: nothing another test writes can reach it.
+    """
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    await migrate(url, echo=_quiet)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
