@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .audit.writer import purge_older_than
+from .audit.retention import purge_older_than
 from .catalog import Catalog
 from .store.db import is_connection_error
 from .store.model_records import record_health

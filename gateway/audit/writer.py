@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +82,6 @@ MERGE = _with_rollup(
 )
 _VALUES = ", ".join(store.format(f"${i}::{sql_type}") for i, (sql_type, store) in enumerate(_SQL.values(), 1))
 _INSERT_ONE = _with_rollup(f"INSERT INTO {TABLE} ({_COLS}) VALUES ({_VALUES}) ON CONFLICT (event_id) DO NOTHING")
-_PURGE = (
-    f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE occurred_at < $1 ORDER BY occurred_at LIMIT $2)"
-)
 
 MIB = 1024 * 1024
 # Most rows per transaction, when more than batch_size are waiting (a backlog, a replay): one commit for
@@ -476,27 +472,3 @@ def _is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return (getattr(exc, "sqlstate", None) or "")[:2] in ("22", "23")
     return isinstance(exc, ValueError | TypeError | OverflowError)
-
-
-def _row_count(status: str) -> int:
-    """The row count at the end of a command tag such as 'INSERT 0 480'."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def purge_older_than(dsn: str, days: float, batch_rows: int = 10_000) -> int:
-    """Delete audit rows older than `days`, batch_rows per transaction (short locks); returns rows deleted.
-
-    llm.usage_daily keeps its history: it is small (one row per key, model and day) and usage over a window
-    older than the retention still comes from it, for its whole days.
-    """
-    cutoff = datetime.now(UTC) - timedelta(days=days)
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": "citadel-audit-retention"})
-    deleted = 0
-    try:
-        while True:
-            count = _row_count(await conn.execute(_PURGE, cutoff, batch_rows))
-            deleted += count
-            if count < batch_rows:
-                return deleted
-    finally:
-        await conn.close()

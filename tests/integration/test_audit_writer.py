@@ -19,8 +19,9 @@ import pytest
 import pytest_asyncio
 
 from gateway.audit.record import AuditRecord
+from gateway.audit.retention import purge_older_than
 from gateway.audit.spool import Spool
-from gateway.audit.writer import AuditLog, purge_older_than
+from gateway.audit.writer import AuditLog
 from gateway.store.db import asyncpg_dsn
 from services.postgres import LocalPostgres
 from tests.support.postgres import fresh_database
