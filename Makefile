@@ -11,13 +11,18 @@ PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 CODE := gateway services tests bench migrations
 
-.PHONY: help install install-models run migrate test test-fast lint format bench clean
+.PHONY: help install install-models system-deps run migrate test test-fast lint format bench clean up down logs compose-env
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
 	@echo "make migrate         create the database if missing and upgrade its schema (DATABASE_URL, else the embedded one)"
+	@echo "make up              docker compose: build and start the whole stack, wait until healthy (mode: COMPOSE_FILE in .env)"
+	@echo "make down            docker compose: stop and remove the containers (data volumes are kept)"
+	@echo "make logs            docker compose: follow the logs (SERVICE=gateway for one service)"
+	@echo "make migrate COMPOSE=1  run the compose stack's one-shot migrate service"
 	@echo "make test            install and run the whole suite: unit, integration, e2e (real vLLM)"
 	@echo "make test-fast       unit + integration only (no model servers)"
+	@echo "make system-deps     apt-get install what the tests call, if missing: promtool, amtool, chromium"
 	@echo "make lint            ruff + mypy"
 	@echo "make bench           gateway overhead benchmark against a fake upstream"
 	@echo "make clean           remove caches, logs and the demo model (keeps the venvs and the local database)"
@@ -39,21 +44,79 @@ $(VLLM_VENV)/.installed: services/vllm/requirements.txt
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	@touch $@
 
+# Debian packages the tests call: promtool and a prometheus server (prometheus), amtool
+# (prometheus-alertmanager), headless chromium (the status page test). Installed only when missing;
+# apt-get update only then; apt's output only on failure. A temporary policy-rc.d (when the system has
+# none) keeps the packages from starting their services, and with systemd they are disabled too: nothing
+# may be left listening on 9090 or 9093 (the tests use free ports and start their own Prometheus).
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager chromium
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian packages:$$missing"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=1; \
+	    printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; $$sudo chmod +x /usr/sbin/policy-rc.d; fi; \
+	  log=$$(mktemp); \
+	  { $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=600 $$missing; } >$$log 2>&1; rc=$$?; \
+	  [ -z "$$policy" ] || $$sudo rm -f /usr/sbin/policy-rc.d; \
+	  if [ $$rc -ne 0 ]; then cat $$log; rm -f $$log; exit $$rc; fi; rm -f $$log; \
+	  if [ -d /run/systemd/system ]; then for unit in prometheus prometheus-alertmanager; do \
+	    case " $$missing " in *" $$unit "*) $$sudo systemctl disable --now -q $$unit || true;; esac; done; fi; \
+	fi
+
 run: install install-models
 	$(VENV)/bin/python -m services.stack
 
-migrate: install
+migrate: $(if $(COMPOSE),compose-env,install)
+ifneq ($(COMPOSE),)
+	@# The compose stack's database: the one-shot migrate service (it starts PostgreSQL first if needed).
+	$(DOCKER_COMPOSE) run --rm --build migrate
+else
 	@# DATABASE_URL (environment or .env) when set; otherwise the embedded PostgreSQL that `make run` uses.
 	$(VENV)/bin/python -m services.stack --migrate-only
+endif
 
-test: install install-models
+# Docker Compose (compose.yaml; README "Deployment"). Which files compose reads comes from COMPOSE_FILE in
+# .env: demo mode by default. `make up` first gives .env (made from .env.example if missing) random values
+# for the required secrets that are still empty.
+DOCKER_COMPOSE ?= docker compose
+COMPOSE ?=
+SERVICE ?=
+
+compose-env:
+	@# Fills only the secrets compose requires that are missing or empty (never changes a value that is set).
+	@umask 077 && python3 -c 'import pathlib, re, secrets; \
+	  env, example = pathlib.Path(".env"), pathlib.Path(".env.example"); \
+	  text = env.read_text() if env.exists() else example.read_text(); \
+	  new = {"CITADEL_ADMIN_KEY": "ck-admin-" + secrets.token_urlsafe(24), \
+	         "POSTGRES_PASSWORD": secrets.token_urlsafe(24), "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18)}; \
+	  filled = [n for n in new if not re.search(r"(?m)^" + n + r"=\S", text)]; \
+	  text = re.sub(r"(?m)^(" + "|".join(filled) + r")=$$", lambda m: m.group(1) + "=" + new[m.group(1)], text) if filled else text; \
+	  text += "".join(n + "=" + new[n] + "\n" for n in filled if not re.search(r"(?m)^" + n + "=", text)); \
+	  filled and print("== .env: new random " + ", ".join(filled) + " (keep .env private)"); \
+	  env.write_text(text)'
+
+up: compose-env
+	$(DOCKER_COMPOSE) up --detach --build --wait
+
+down:
+	$(DOCKER_COMPOSE) down
+
+logs:
+	$(DOCKER_COMPOSE) logs --follow --tail=200 $(SERVICE)
+
+test: install install-models system-deps
 	$(VENV)/bin/ruff check $(CODE)
 	$(VENV)/bin/mypy gateway
 	@# pytest exits 5 when no test was collected: report it, do not fail on it; any other failure fails.
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-test-fast: install
+test-fast: install system-deps
 	$(VENV)/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 lint: install

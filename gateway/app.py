@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import __version__
-from .api import admin, health, openai, sessions, usage
+from .api import admin, feedback, health, openai, sessions, usage, vectors
+from .api.status import STATUS_DATA_PATH, STATUS_PATH, status_router
 from .audit.middleware import AuditMiddleware
 from .audit.writer import AuditLog
 from .auth import PERMISSION_ATTR, KeyStore
@@ -25,38 +27,40 @@ from .errors import install_error_handlers
 from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
-from .metrics import count_redis_failure
+from .metrics import count_redis_failure, zero_series
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
+from .observability.exposition import METRICS_PATH, instrument_http, metrics_router, refresh_audit_gauges
+from .observability.requests import RequestObserver
+from .observability.window import StatusBoard
 from .pipeline import Pipeline
 from .ratelimit import LimitConfig, RateLimiter
+from .readiness import Dependency, Readiness
 from .redisconn import RedisPolicy, create_redis
 from .revocation import RevocationListener
 from .settings import Settings, config_environment
 from .store.db import asyncpg_dsn, create_engine, create_sessionmaker, is_connection_error
 from .store.model_records import sync_models
 from .upstream.pool import UpstreamPool
+from .vectors.retrieval import Retrieval
+from .vectors.service import VectorService
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health"})
-UNAUDITED_PATHS = frozenset({"/health"})
-ROUTERS = (health.router, openai.router, usage.router, sessions.router, admin.router)
+PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
+# Scrapes and status polling are not API use: no audit rows, no request metrics.
+UNAUDITED_PATHS = frozenset({"/health", "/health/ready", METRICS_PATH, STATUS_PATH, STATUS_DATA_PATH})
+ROUTERS = (health.router, openai.router, usage.router, sessions.router, admin.router, vectors.router, feedback.router)
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
     """Build the gateway; fails fast on missing secrets or a bad models file."""
     settings = settings or Settings()  # type: ignore[call-arg]
     catalog = catalog or load_catalog(settings.config_path, profile=settings.profile, env=config_environment())
+    status_board = StatusBoard(catalog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = UpstreamPool(
-            catalog,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            read_timeout_s=settings.upstream_read_timeout_s,
-            total_timeout_s=settings.upstream_total_timeout_s,
-            pool_size=settings.upstream_pool_size,
-        )
+        pool = UpstreamPool(catalog, settings)
         await pool.start()
         database_url = settings.database_url.get_secret_value() if settings.database_url else None
         engine = create_engine(database_url) if database_url else None
@@ -92,15 +96,19 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.conversations = conversations
         app.state.redis = redis
         app.state.redis_policy = policy
+        # Qdrant: a server at QDRANT_URL or the embedded store; an unreachable one only fails vector requests.
+        app.state.vectors = VectorService.start(settings=settings, inference=inference)
         app.state.pipeline = Pipeline(
             inference=inference,
             conversations=conversations,
             limiter=RateLimiter(redis, limit_config) if redis is not None else None,
             cache=cache,
             policy=policy,
+            retrieval=Retrieval(app.state.vectors),
         )
         if redis is None:
             log.warning("no REDIS_URL: no rate limits, no response cache, revocations reach only this worker")
+        zero_series(list(catalog.models))
         _tune_gc()
         try:
             async with contextlib.AsyncExitStack() as background:
@@ -109,6 +117,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                     await background.enter_async_context(
                         RevocationListener(redis, forget=key_store.forget, forget_all=key_store.forget_all)
                     )
+                # Replicas are probed in the background: out of rotation when they fail, back when they answer.
+                await background.enter_async_context(pool.prober.running())
+                # Snapshots of every worker's metrics for the status page (and this worker's audit gauges).
+                app.state.status_board = status_board
+                await background.enter_async_context(status_board.running(before=lambda: refresh_audit_gauges(app)))
+                app.state.readiness = _readiness(app, settings, catalog, pool)
                 await background.enter_async_context(
                     housekeeping(
                         catalog=catalog,
@@ -125,20 +139,59 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 await cache.drain()
             if redis is not None:
                 await redis.aclose()
+            await app.state.vectors.close()
             await pool.close()
             if engine is not None:
                 await engine.dispose()
 
     app = FastAPI(title="Citadel LLM Server", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    for router in ROUTERS:
+    observability = (
+        metrics_router(public_access=settings.metrics_public),
+        status_router(public_data=settings.status_page_public),
+    )
+    for router in (*ROUTERS, *observability):
         assert_every_route_guarded(router)
         app.include_router(router)
     install_error_handlers(app)
-    # The last added is the outermost: request id, then audit (sees every answer, 401s included), then auth.
-    app.add_middleware(AuthenticationMiddleware, public_paths=PUBLIC_PATHS)
-    app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS)
+    # The status page's HTML holds no data; /metrics and the page's data are public only when a setting says so.
+    public_paths = PUBLIC_PATHS | {STATUS_PATH}
+    public_paths |= {METRICS_PATH} if settings.metrics_public else set()
+    public_paths |= {STATUS_DATA_PATH} if settings.status_page_public else set()
+    # The last added is the outermost: request id, then audit (sees every answer, 401s included), then the
+    # HTTP-layer metrics, then auth.
+    app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
+    instrument_http(app)
+    observer = RequestObserver(catalog, log_payloads=settings.log_payloads)
+    app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _readiness(app: FastAPI, settings: Settings, catalog: Catalog, pool: UpstreamPool) -> Readiness:
+    """What /health/ready checks: PostgreSQL (critical), Redis, Qdrant, the audit spool, every replica."""
+    dependencies = []
+    db_sessions = app.state.db_sessions
+    if db_sessions is not None:
+
+        async def ping_postgres() -> None:
+            async with db_sessions() as session:
+                await session.execute(text("SELECT 1"))
+
+        dependencies.append(Dependency("postgres", ping_postgres, critical=True))
+    if app.state.redis is not None:
+        dependencies.append(Dependency("redis", app.state.redis.ping))
+    vectors = getattr(app.state, "vectors", None)
+    if vectors is not None:
+        dependencies.append(Dependency("qdrant", vectors.ping))
+    audit: AuditLog = app.state.audit
+    return Readiness(
+        pool=pool,
+        models=list(catalog.models),
+        dependencies=dependencies,
+        timeout_s=settings.health_timeout_s,
+        cache_s=settings.readiness_cache_s,
+        audit_spool_bytes=lambda: audit.spool_bytes,
+    )
 
 
 def _tune_gc() -> None:

@@ -30,14 +30,25 @@ class Permission(StrEnum):
     USAGE_READ = "usage:read"  # its own usage
     INFERENCE = "inference"
     SESSIONS = "sessions"  # its own conversation sessions
+    VECTORS_READ = "vectors:read"  # list and search the vector collections it may see
+    VECTORS_WRITE = "vectors:write"  # create its own collections, upsert and delete their documents
     ADMIN = "admin"
 
 
 # Deny by default: a role has exactly the permissions listed here.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.USER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ, Permission.INFERENCE, Permission.SESSIONS}),
-    Role.VIEWER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ}),
+    Role.USER: frozenset(
+        {
+            Permission.MODELS_READ,
+            Permission.USAGE_READ,
+            Permission.INFERENCE,
+            Permission.SESSIONS,
+            Permission.VECTORS_READ,
+            Permission.VECTORS_WRITE,
+        }
+    ),
+    Role.VIEWER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ, Permission.VECTORS_READ}),
 }
 
 

@@ -46,6 +46,16 @@ def _split_urls(value: Any) -> list[str]:
     return urls
 
 
+class Timeouts(BaseModel):
+    """Per-model upstream timeouts in seconds; unset ones take the gateway's defaults (CITADEL_UPSTREAM_*)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect_s: float | None = Field(None, gt=0)
+    first_byte_s: float | None = Field(None, gt=0)
+    total_s: float | None = Field(None, gt=0)
+
+
 class ModelSpec(BaseModel):
     """One public model name and how to reach it."""
 
@@ -66,6 +76,11 @@ class ModelSpec(BaseModel):
     dimensions: int | None = None
     backends: list[str]
     upstream_model: str = ""
+    # Business metrics (citadel_llm_cost_total): price per 1,000 tokens, in whatever currency you bill in.
+    price_per_1k_prompt_tokens: float = Field(0.0, ge=0)
+    price_per_1k_completion_tokens: float = Field(0.0, ge=0)
+    # Long generations on big models are legitimate: each model may wait longer (or less) than the default.
+    timeouts: Timeouts = Timeouts(connect_s=None, first_byte_s=None, total_s=None)
 
     @field_validator("backends", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,19 +31,49 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"citadel: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers or settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,  # one structured line per request comes from the gateway itself
-        timeout_graceful_shutdown=30,
-    )
+    from .observability.logs import log_config
+
+    workers = args.workers or settings.workers
+    # Several workers (or a folder given): metrics in files that every worker's /metrics adds up.
+    metrics_dir = _metrics_dir() if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
+    try:
+        uvicorn.run(
+            "gateway.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level,
+            log_config=log_config(level=settings.log_level, fmt=settings.log_format),
+            access_log=False,  # one structured line per request comes from the gateway itself
+            # SIGTERM: stop accepting, let in-flight requests and streams finish this long, then shut down.
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+    finally:
+        if metrics_dir is not None and metrics_dir.name.startswith(_METRICS_TMP_PREFIX):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+_METRICS_TMP_PREFIX = "citadel-metrics-"
+
+
+def _metrics_dir() -> Path:
+    """A fresh folder for every worker's metric files (set before any worker imports prometheus_client).
+
+    PROMETHEUS_MULTIPROC_DIR if set (emptied: values of an earlier run must not count), else a new
+    temporary folder, removed when the gateway exits.
+    """
+    import tempfile
+
+    from .observability.exposition import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix=_METRICS_TMP_PREFIX))
+    prepare_multiprocess_dir(path)
+    return path
 
 
 def database_url(env_file: Path = Path(".env")) -> str | None:

@@ -17,12 +17,13 @@ from .auth import Principal
 from .catalog import Catalog, ModelSpec
 from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
 from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
+from .metrics import count_upstream_error
 from .protocol.chat import ChatCompletionRequest
 from .protocol.common import parse_request
 from .protocol.completions import CompletionRequest
 from .protocol.embeddings import EmbeddingRequest
 from .settings import Settings
-from .upstream.pool import UpstreamPool, status_error, translate_errors
+from .upstream.pool import UpstreamPool
 from .upstream.sse import relay_stream
 
 Endpoint = Literal["chat", "completions", "embeddings"]
@@ -152,27 +153,35 @@ class InferenceService:
             )
 
     async def forward(
-        self, prepared: Prepared, *, request_id: str, usage: dict[str, Any], answer: dict[str, Any] | None = None
+        self,
+        prepared: Prepared,
+        *,
+        request_id: str,
+        usage: dict[str, Any],
+        answer: dict[str, Any] | None = None,
+        trace: dict[str, Any] | None = None,
     ) -> Response:
         """Send a prepared request upstream and relay the answer (JSON, or SSE for streams).
 
         `usage` receives the token counts when they are known (after the body, or the stream's end);
-        `answer`, when given, receives the assistant's message (for conversation sessions).
+        `answer`, when given, receives the assistant's message (for conversation sessions); `trace` (the
+        request's state) receives `retries`.
         """
         spec = prepared.spec
-        response = await self.pool.post(spec, _PATHS[prepared.endpoint], prepared.payload, request_id=request_id)
-        if response.status >= 400 or not prepared.stream:
-            try:
-                with translate_errors(spec):
-                    body = await response.read()
-            finally:
-                response.release()
-            if response.status >= 400:
-                raise status_error(spec, response.status, body)
-            return Response(_renamed(body, spec, prepared.requested_name, usage, answer), media_type="application/json")
+        exchange = await self.pool.post(
+            spec,
+            _PATHS[prepared.endpoint],
+            prepared.payload,
+            request_id=request_id,
+            stream=prepared.stream,
+            trace=trace,
+        )
+        if not prepared.stream:
+            body = _renamed(exchange.body, spec, prepared.requested_name, usage, answer)
+            return Response(body, media_type="application/json")
         return StreamingResponse(
             relay_stream(
-                response,
+                exchange,
                 spec=spec,
                 requested_name=prepared.requested_name,
                 usage=usage,
@@ -193,6 +202,7 @@ def _renamed(
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
+        count_upstream_error(spec.name, "malformed")
         raise UpstreamError(f"The model '{spec.name}' sent an answer that is not a JSON object.")
     parsed["model"] = requested_name
     if isinstance(parsed.get("usage"), dict):

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth import Principal, Role, key_digest
 from .errors import DatabaseUnavailable
+from .metrics import count_postgres_failure
 from .store import keys as key_rows
 from .store.models import BOOTSTRAP_ADMIN_ID, ApiKey
 
@@ -115,6 +116,7 @@ class CachedKeyStore:
         try:
             principal = await self._query(presented_key)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            count_postgres_failure("key_lookup")
             if stale is not None:
                 # Known keys keep working while the database is away.
                 log.warning("key lookup failed (%s); using the cached record", type(exc).__name__)

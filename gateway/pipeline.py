@@ -1,5 +1,6 @@
 """The inference request path between the route and the model server, in order: validation, rate limits
-(one Redis round trip), conversation history, the response cache, forwarding, and the work done after the
+(one Redis round trip), conversation history, retrieved passages (Qdrant, when a chat asks), the response
+cache, forwarding (replica choice, retries and timeouts: gateway/upstream/), and the work done after the
 answer has gone out (cache store, token settlement, session append). Routes call `serve()` only."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from .inference import Endpoint, InferenceService, Prepared
 from .ratelimit import Decision, RateLimiter, estimate_tokens
 from .redisconn import RedisPolicy
+from .vectors.retrieval import Retrieval
 
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}
 
@@ -35,8 +37,10 @@ class Pipeline:
         limiter: RateLimiter | None,
         cache: ResponseCache | None,
         policy: RedisPolicy | None,
+        retrieval: Retrieval | None = None,
     ) -> None:
         self.inference = inference
+        self.retrieval = retrieval
         self.conversations = conversations
         self.limiter = limiter
         self.cache = cache
@@ -56,19 +60,25 @@ class Pipeline:
         usage: dict[str, Any] = state.setdefault("usage", {})
 
         estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.max_tokens)
-        decision = await self._check_limits(principal, prepared, estimate)
+        decision = await self._check_limits(principal, prepared, estimate, state)
         limit_headers = decision.headers() if decision is not None else {}
         after: list[Callable[[], Any]] = []
         if session_id is not None:
             # Only once the request is allowed does the database get asked for the history.
             history = await self.conversations.history(session_id=session_id, principal=principal, model=None)
             prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
+        retrieved = None
+        if self.retrieval is not None:  # passages from a vector collection, when the chat asks (`retrieval`)
+            prepared, retrieved = await self.retrieval.augment(
+                prepared, body=body, principal=principal, request_id=state["request_id"]
+            )
 
         caching = (
             CacheDecision.BYPASS if self.cache is None or session_id is not None else decide(prepared, request.headers)
         )
         key = cache_key(principal, prepared) if caching is not CacheDecision.BYPASS else ""
         if caching.read:
+            state["cache_hit"] = False  # a miss unless the lookup finds it (the cache metrics count both)
             cached = await self._cached(key)
             if cached is not None:
                 state["cache_hit"] = True
@@ -79,7 +89,11 @@ class Pipeline:
                 return hit
 
         answer: dict[str, Any] | None = {} if session_id is not None else None
-        response = await self.inference.forward(prepared, request_id=state["request_id"], usage=usage, answer=answer)
+        response = await self.inference.forward(
+            prepared, request_id=state["request_id"], usage=usage, answer=answer, trace=state
+        )
+        if retrieved is not None:  # before the cache stores it: a hit replays the documents used as well
+            response = retrieved.annotate(response, model=prepared.requested_name)
         response.headers.update(limit_headers)
         if caching is not CacheDecision.BYPASS:
             response.headers.update(cache_headers(hit=False))
@@ -100,7 +114,9 @@ class Pipeline:
             raise PermissionDenied("This key's role may not use conversation sessions.")
         return parse_session_id(header)
 
-    async def _check_limits(self, principal: Principal, prepared: Prepared, estimate: int) -> Decision | None:
+    async def _check_limits(
+        self, principal: Principal, prepared: Prepared, estimate: int, state: dict[str, Any]
+    ) -> Decision | None:
         """None when there is no limiter or Redis failed open; raises the 429 (or, failing closed, a 503)."""
         if self.limiter is None or self.policy is None:
             return None
@@ -111,6 +127,7 @@ class Pipeline:
             fallback=None,
         )
         if decision is not None and not decision.allowed:
+            state["rate_limited"] = decision.limited_by  # which limit refused, for the metrics
             raise decision.error()
         return decision
 

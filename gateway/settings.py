@@ -41,17 +41,47 @@ class Settings(BaseSettings):
     port: int = Field(8000, validation_alias=AliasChoices("API_GATEWAY_PORT", "CITADEL_PORT"))
     workers: int = Field(1, ge=1, validation_alias=AliasChoices("API_GATEWAY_WORKERS", "CITADEL_WORKERS"))
     log_level: str = "info"
+    # Observability. Logs: one JSON object per line (or `text` for a terminal); prompts and answers are
+    # logged only when log_payloads is true. /metrics without a key (Prometheus scrapes without one; it
+    # holds no keys, ids or text) unless metrics_public is false: then a key with usage:read (viewer keys).
+    # The status page's data without a key only when status_page_public is true (else any valid key).
+    log_format: Literal["json", "text"] = "json"
+    log_payloads: bool = False
+    metrics_public: bool = True
+    status_page_public: bool = False
 
     # Input bounds.
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_n: int = Field(4, ge=1)
     max_embedding_inputs: int = Field(256, ge=1)
 
-    # Upstream timeouts in seconds: connect, between bytes (first byte included), whole request.
+    # Upstream timeouts in seconds, the defaults of every model (config/models.yaml `timeouts` overrides them per
+    # model): connect; first byte (the answer's headers and, for streams, the first event); the whole request.
     upstream_connect_timeout_s: float = Field(2.0, gt=0)
     upstream_read_timeout_s: float = Field(120.0, gt=0)
     upstream_total_timeout_s: float = Field(900.0, gt=0)
     upstream_pool_size: int = Field(256, ge=1)
+
+    # Health probing of every replica (GET /health, and GET /metrics for vLLM's load figures).
+    health_interval_s: float = Field(5.0, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    # Circuit breaker per replica: opens after this many consecutive failures; stays open for a cool-down that
+    # starts at the base and doubles each time a half-open trial fails, up to the max.
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(1.0, gt=0)
+    breaker_max_cooldown_s: float = Field(30.0, gt=0)
+    # Retries (connection refused/reset, 502/503/504; before the first byte reaches the client only): attempts in
+    # all, including the first; exponential backoff with full jitter from the base, capped; a total time budget.
+    retry_max_attempts: int = Field(3, ge=1)
+    retry_backoff_base_s: float = Field(0.05, ge=0)
+    retry_backoff_max_s: float = Field(1.0, ge=0)
+    retry_budget_s: float = Field(5.0, ge=0)
+    # Readiness results are reused for this long (probes of every dependency are not repeated per poll).
+    readiness_cache_s: float = Field(1.5, ge=0)
+
+    # On SIGTERM: stop accepting, let in-flight requests (streams included) finish for this long, flush the audit
+    # log, exit.
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     # Redis (rate limits, response cache, key revocation across workers), e.g. redis://127.0.0.1:6379/0.
     # Unset: no Redis is configured (the local stack and the tests start services.redis.LocalRedis instead).
@@ -83,6 +113,21 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     cache_ttl_s: float = Field(300.0, gt=0)
     cache_max_entry_bytes: int = Field(1_048_576, gt=0)
+
+    # Qdrant (vector collections, retrieval-augmented chat), e.g. http://127.0.0.1:6333. Unset: the client's
+    # embedded local mode on disk at qdrant_path (relative to the working directory), which one process
+    # only may open: with several workers, set QDRANT_URL (without it, vector routes answer 503).
+    qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL", "CITADEL_QDRANT_URL"))
+    qdrant_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_API_KEY", "CITADEL_QDRANT_API_KEY")
+    )
+    qdrant_path: Path = Path(".cache") / "citadel" / "qdrant"
+    # Every Qdrant call gives up after this long (whole seconds, rounded up): a dead Qdrant costs this, not minutes.
+    qdrant_timeout_s: float = Field(2.0, gt=0)
+    # Every Qdrant collection of this gateway is named <prefix><name> (a shared server may hold other data).
+    qdrant_prefix: str = Field("citadel_", pattern=r"^[a-z0-9_-]{1,32}$")
+    # Documents per upsert request (larger: 413); they are embedded in batches of max_embedding_inputs.
+    vector_max_documents: int = Field(512, ge=1)
 
 
 def config_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:

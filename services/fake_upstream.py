@@ -9,7 +9,11 @@ The requested `model` picks the behaviour, so one process serves every case:
   cut             streams two events, then drops the connection
   nodone          streams two events, then ends without [DONE]
   endless         streams an event every 50 ms until the client goes away (counted in /_stats)
+  paced           streams 20 events 100 ms apart, then [DONE] (a stream in flight for ~2 s)
+  lazy            sends its headers, then waits `--slow-s` before its first event (a first-byte timeout)
 GET /_stats and GET /_last tell tests what arrived (payload and headers) and which streams were cancelled.
+POST /_fault {"status": 500} makes every model answer that status until {"status": null}; {"waiting": 3,
+"kv_cache_usage": 0.95} sets the load figures its vLLM-style GET /metrics reports (for the balancer's tests).
 """
 
 from __future__ import annotations
@@ -48,8 +52,13 @@ class FakeUpstream:
     def __init__(self, *, slow_s: float) -> None:
         self.slow_s = slow_s
         self.stats = {"requests": 0, "cancelled_streams": 0, "last_cancel_at": 0.0}
+        self.fault: dict[str, float | None] = {"status": None, "waiting": 0.0, "kv_cache_usage": 0.0}
         self.last: dict[str, object] = {}
         self._cache: dict[str, bytes] = {}
+
+    def _cancelled(self) -> None:
+        self.stats["cancelled_streams"] += 1
+        self.stats["last_cancel_at"] = time.time()
 
     def _answer(self, model: str) -> bytes:
         # Precomputed per model name: the benchmark must measure the gateway, not this server.
@@ -62,6 +71,9 @@ class FakeUpstream:
         payload = orjson.loads(await request.read())
         self.last = {"payload": payload, "headers": dict(request.headers)}
         model = str(payload.get("model", ""))
+        if self.fault["status"]:
+            body = {"error": {"message": "injected fault", "type": "InternalError"}}
+            return web.json_response(body, status=int(self.fault["status"]))
         if model == "fail500":
             body = {"error": {"message": "Traceback: /srv/secret/engine.py line 42 OOM", "type": "InternalError"}}
             return web.json_response(body, status=500)
@@ -71,7 +83,11 @@ class FakeUpstream:
         if model == "malformed":
             return web.Response(body=b"<html>not json", content_type="text/html")
         if model == "slow":
-            await asyncio.sleep(self.slow_s)
+            try:
+                await asyncio.sleep(self.slow_s)
+            except asyncio.CancelledError:
+                self._cancelled()
+                raise
         if payload.get("stream"):
             return await self._stream(request, model)
         return web.Response(body=self._answer(model), content_type="application/json")
@@ -79,14 +95,16 @@ class FakeUpstream:
     async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        if model == "endless":
+        if model in ("endless", "paced", "lazy"):
+            events, gap = (20, 0.1) if model == "paced" else (100_000, 0.05)
             try:
-                for i in range(100_000):
+                if model == "lazy":
+                    await asyncio.sleep(self.slow_s)
+                for i in range(events):
                     await response.write(_chunk(model, f"t{i} "))
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(gap)
             except (asyncio.CancelledError, ConnectionResetError):
-                self.stats["cancelled_streams"] += 1
-                self.stats["last_cancel_at"] = time.time()
+                self._cancelled()
                 raise
         await response.write(_chunk(model, "hello ") + _chunk(model, "world"))
         if model == "cut":
@@ -117,6 +135,18 @@ class FakeUpstream:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
+    async def set_fault(self, request: web.Request) -> web.Response:
+        self.fault.update(orjson.loads(await request.read()))
+        return web.json_response(self.fault)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = (
+            f'vllm:num_requests_running{{engine="0",model_name="fake"}} 0.0\n'
+            f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {self.fault["waiting"] or 0.0}\n'
+            f'vllm:kv_cache_usage_perc{{engine="0",model_name="fake"}} {self.fault["kv_cache_usage"] or 0.0}\n'
+        )
+        return web.Response(text=text, content_type="text/plain")
+
 
 def build_app(*, slow_s: float = 3.0) -> web.Application:
     fake = FakeUpstream(slow_s=slow_s)
@@ -129,6 +159,8 @@ def build_app(*, slow_s: float = 3.0) -> web.Application:
             web.get("/_stats", fake.get_stats),
             web.get("/_last", fake.get_last),
             web.get("/health", fake.health),
+            web.get("/metrics", fake.metrics),
+            web.post("/_fault", fake.set_fault),
         ]
     )
     return app
@@ -146,7 +178,15 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(build_app(slow_s=args.slow_s), host=args.host, port=args.port, access_log=None, print=None)
+    # handler_cancellation: a request whose client left is cancelled at once, so tests see the gateway's cancel.
+    web.run_app(
+        build_app(slow_s=args.slow_s),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+    )
 
 
 if __name__ == "__main__":

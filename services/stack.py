@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         if "CITADEL_AUDIT_SPOOL_DIR" not in {**env_file, **os.environ}:
             # The spool belongs with the database it will be replayed into.
             gateway_env["CITADEL_AUDIT_SPOOL_DIR"] = str(args.cache_dir / "audit-spool")
+        if "CITADEL_QDRANT_PATH" not in {**env_file, **os.environ}:
+            # The embedded Qdrant store (used without QDRANT_URL) lives with the stack's other data.
+            gateway_env["CITADEL_QDRANT_PATH"] = str(args.cache_dir / "qdrant")
         gateway_env.setdefault("CITADEL_HOST", "127.0.0.1")
         command = [sys.executable, "-m", "gateway", "serve", "--port", str(args.gateway_port)]
         gateway = stack.start("gateway", command, env=gateway_env, is_ready=lambda: healthy(f"{gateway_url}/health"))

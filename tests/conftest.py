@@ -27,6 +27,7 @@ def make_settings(config_path: Path, **overrides: object) -> Settings:
     whatever database the next gateway uses.
     """
     overrides.setdefault("audit_spool_dir", config_path.parent / "audit-spool")
+    overrides.setdefault("qdrant_path", config_path.parent / "qdrant")  # the embedded store locks its folder
     return Settings(_env_file=None, admin_key=ADMIN_KEY, config_path=config_path, **overrides)  # type: ignore[call-arg]
 
 

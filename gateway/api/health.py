@@ -1,10 +1,13 @@
-"""Liveness: the one route that needs no key."""
+"""Liveness and readiness: the routes that need no key (load balancers and orchestrators probe them)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, Depends
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
 
 from ..auth import public
 
@@ -15,3 +18,11 @@ router = APIRouter(tags=["health"])
 async def health() -> dict[str, str]:
     """The gateway process is up and serving (dependencies are checked by readiness, not here)."""
     return {"status": "healthy", "service": "gateway", "timestamp": datetime.now(UTC).isoformat()}
+
+
+@router.get("/health/ready", dependencies=[Depends(public)])
+async def ready(request: Request) -> Response:
+    """Every dependency and replica (see gateway/readiness.py for the policy); 503 when unhealthy."""
+    document: dict[str, Any] = await request.app.state.readiness.report()
+    status = 503 if document["status"] == "unhealthy" else 200
+    return Response(orjson.dumps(document), status_code=status, media_type="application/json")

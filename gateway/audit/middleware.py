@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..observability.logs import REQUEST_ID
+from ..observability.requests import RequestObserver
 from .record import AuditRecord
 
 
@@ -18,9 +20,10 @@ class AuditMiddleware:
     database work sits on the request's path. Paths in `skip_paths` (liveness, metrics) are not audited.
     """
 
-    def __init__(self, app: ASGIApp, *, skip_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, skip_paths: frozenset[str], observer: RequestObserver | None = None) -> None:
         self.app = app
         self.skip_paths = skip_paths
+        self.observer = observer  # metrics and the request's log line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.skip_paths:
@@ -30,6 +33,11 @@ class AuditMiddleware:
         occurred_at = datetime.now(UTC)
         status = 500  # if the app fails before answering
         first_byte: float | None = None
+        # Every log line written while serving this request (background tasks included) carries its id.
+        id_token = REQUEST_ID.set(scope.get("state", {}).get("request_id"))
+        capture = self.observer.capture() if self.observer is not None else None
+        if capture is not None:
+            receive, send = capture.wrap(receive, send)
 
         async def send_observed(message: Message) -> None:
             nonlocal status, first_byte
@@ -44,12 +52,18 @@ class AuditMiddleware:
         finally:
             finished = time.perf_counter()
             state: dict[str, Any] = scope.get("state", {})
-            ttft = (first_byte - started) * 1000 if first_byte is not None and state.get("stream") else None
+            ttft_s = first_byte - started if first_byte is not None and state.get("stream") else None
+            ttft = ttft_s * 1000 if ttft_s is not None else None
             scope["app"].state.audit.record(
                 _api_record(
                     scope, state, status=status, occurred_at=occurred_at, latency_s=finished - started, ttft_ms=ttft
                 )
             )
+            if self.observer is not None:
+                self.observer.observe(
+                    scope, state, status=status, latency_s=finished - started, ttft_s=ttft_s, capture=capture
+                )
+            REQUEST_ID.reset(id_token)
 
 
 def _api_record(

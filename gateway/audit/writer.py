@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.audit.record import COLUMNS, AuditRecord
 from gateway.audit.spool import DropLog, Spool, SpoolBusy
+from gateway.metrics import count_postgres_failure
 from gateway.store.models import NO_KEY, NO_MODEL, AuditEvent, UsageDaily
 
 log = logging.getLogger(__name__)
@@ -438,6 +439,7 @@ class AuditLog:
 
     def _mark_down(self, exc: BaseException, during: str) -> None:
         # Only the exception's type: its text can quote row values.
+        count_postgres_failure(f"audit_{during}")
         self._drop_connection()
         self._retry_at = time.monotonic() + self._retry_s
         if self._down_since is None:

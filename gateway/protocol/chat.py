@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from .common import WIRE_CONFIG, SamplingFields
+from .vectors import RetrievalOptions
 
 
 class ChatMessage(BaseModel):
@@ -28,3 +29,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Gateway extension (gateway/vectors/retrieval.py): search a vector collection and put the passages in the
+    # prompt. Excluded from dumps, so it never reaches the model server.
+    retrieval: Annotated[RetrievalOptions | None, Field(exclude=True)] = None

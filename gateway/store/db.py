@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..errors import DatabaseUnavailable
+from ..metrics import count_postgres_failure
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,11 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def unavailable(exc: BaseException) -> DatabaseUnavailable:
-    """The 503 for a connection failure; logged by class name only (no DSN, no SQL, no parameters)."""
+def unavailable(exc: BaseException, *, operation: str = "request") -> DatabaseUnavailable:
+    """The 503 for a connection failure, counted under `operation` (a fixed word); logged by class name only
+    (no DSN, no SQL, no parameters)."""
     log.warning("database unreachable: %s", type(exc).__name__)
+    count_postgres_failure(operation)
     if isinstance(exc, sa_exc.TimeoutError):
         return DatabaseUnavailable("The database is busy: no connection became free in time. Try again.")
     return DatabaseUnavailable("The database is unreachable. Try again later.")

@@ -93,6 +93,8 @@ class AuditEvent(Base):
         ),
         Index("ix_audit_log_model_time", "model", "occurred_at"),
         Index("ix_audit_log_status_time", "status", "occurred_at"),
+        # Feedback finds the request it rates by id (POST /v1/feedback).
+        Index("ix_audit_log_request_id", "request_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -143,6 +145,30 @@ class UsageDaily(Base):
     requests: Mapped[int] = mapped_column(BigInteger)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class Feedback(Base):
+    """A rating of one API request by the key that made it (or an admin), joined to audit_log by request_id.
+
+    `key_id` is the key that made the request (from its audit row), `rated_by` the key that rated it;
+    rating again replaces the earlier one. Audit retention leaves feedback in place (a small business record).
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("rating IN ('up', 'down', '1', '2', '3', '4', '5')", name="rating"),
+        UniqueConstraint("request_id", "rated_by"),
+        Index("ix_feedback_model_rated_at", "model", "rated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    rated_by: Mapped[uuid.UUID] = mapped_column(Uuid)
+    model: Mapped[str | None] = mapped_column(String(256))
+    rating: Mapped[str] = mapped_column(String(4))
+    comment: Mapped[str | None] = mapped_column(Text)
+    rated_at: Mapped[datetime] = _now()
 
 
 class ModelRecord(Base):

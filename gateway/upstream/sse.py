@@ -6,12 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..catalog import ModelSpec
-from ..errors import APIError, UpstreamError
-from .pool import translate_errors
+from ..errors import APIError, UpstreamError, UpstreamTimeout
+from ..metrics import count_upstream_error
+from .failures import translate_errors
+from .pool import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,15 @@ def _take_usage(block: bytes, usage: dict[str, Any], *, forward_usage: bool) -> 
     return b"".join(kept)
 
 
+async def _chunks(exchange: Exchange) -> AsyncIterator[bytes]:
+    """The first chunk (read before the client got anything, so it could still be retried), then the rest."""
+    yield exchange.body
+    async for chunk in exchange.response.content.iter_any():
+        yield chunk
+
+
 async def relay_stream(
-    response: aiohttp.ClientResponse,
+    exchange: Exchange,
     *,
     spec: ModelSpec,
     requested_name: str,
@@ -62,17 +70,19 @@ async def relay_stream(
 
     The stream must end with `[DONE]`; if the upstream breaks or ends early, the client gets an error
     event instead of a silent truncation. Closing the response (also when the client goes away and
-    this generator is cancelled) drops the upstream connection, which makes vLLM abort the request.
+    this generator is cancelled) drops the upstream connection, which makes vLLM abort the request. The
+    exchange is finished with the outcome, so the replica's breaker and in-flight count stay right.
     """
+    response = exchange.response
     rename = spec.upstream_name != requested_name
     # vLLM writes compact JSON; a byte replace of the exact field avoids a JSON parse per chunk.
     needle = b'"model":' + orjson.dumps(spec.upstream_name)
     replacement = b'"model":' + orjson.dumps(requested_name)
     pending = b""
-    complete = False
+    complete = failed = False
     try:
         with translate_errors(spec):
-            async for chunk in response.content.iter_any():
+            async for chunk in _chunks(exchange):
                 # Only whole events go out, so a name or the usage split across chunks is still found.
                 pending += chunk
                 cut = pending.rfind(EVENT_END)
@@ -92,6 +102,8 @@ async def relay_stream(
                 complete = False
                 raise UpstreamError(f"The model '{spec.name}' ended the stream before it was complete.")
     except APIError as error:
+        failed = True
+        count_upstream_error(spec.name, "timeout" if isinstance(error, UpstreamTimeout) else "broken")
         log.warning("stream from %s ended with an error: %s", spec.name, error.message)
         usage["error_type"] = error.error_type
         if answer is not None:
@@ -104,3 +116,5 @@ async def relay_stream(
             response.close()
         else:
             response.release()
+        # A client that left says nothing about the replica; a broken or truncated stream does.
+        exchange.finish(ok=True if complete else (False if failed else None))

@@ -4,8 +4,6 @@ L through: the counter is one atomic counter in Redis, not a copy per worker."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import free_port
-from tests.support import processes
-from tests.support.catalogs import ADMIN_KEY, chat_entry, write_models_file
+from tests.support.catalogs import ADMIN_KEY, chat_entry
+from tests.support.gateway import gateway_env, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 25
@@ -25,35 +22,15 @@ CONCURRENT = 80
 
 @pytest.fixture
 def two_worker_gateway(tmp_path: Path, fake_upstream_url: str, redis_url: str) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CITADEL_ADMIN_KEY": ADMIN_KEY,
-        "CITADEL_CONFIG_PATH": str(write_models_file(tmp_path / "models.yaml", {"ok": chat_entry(fake_upstream_url)})),
-        "CITADEL_PROFILE": "",
-        "CITADEL_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
-        "REDIS_URL": redis_url,
+    env = gateway_env(
+        tmp_path,
+        {"ok": chat_entry(fake_upstream_url)},
+        REDIS_URL=redis_url,
         # The bootstrap admin key gets a limit of its own for this test (admins are unlimited by default).
-        "CITADEL_RATE_LIMIT_ROLE_REQUESTS": orjson.dumps({"admin": f"{LIMIT}/minute"}).decode(),
-    }
-    env.pop("DATABASE_URL", None)
-    gateway = processes.start(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        cwd=tmp_path,
-        log=tmp_path / "gateway.log",
-        health_url=f"http://127.0.0.1:{port}/health",
+        CITADEL_RATE_LIMIT_ROLE_REQUESTS=orjson.dumps({"admin": f"{LIMIT}/minute"}).decode(),
     )
-    log = tmp_path / "gateway.log"
-    try:
-        # /health answers once the first worker is up; wait for the second too.
-        deadline = time.monotonic() + 30
-        while log.read_text().count("Application startup complete") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        processes.stop(gateway)
+    with running_gateway(tmp_path, env, workers=2) as gateway:
+        yield gateway.url, gateway.log
 
 
 async def test_two_workers_let_exactly_the_limit_through(

@@ -9,6 +9,9 @@ import orjson
 import pytest
 
 from gateway.catalog import ModelSpec
+from gateway.upstream.breaker import BreakerState, CircuitBreaker
+from gateway.upstream.pool import Exchange
+from gateway.upstream.replica import Replica
 from gateway.upstream.sse import DONE_EVENT, relay_stream
 from tests.support.catalogs import chat_entry
 
@@ -49,14 +52,24 @@ async def relay(
     chunks: list[bytes], upstream: str, *, usage: dict[str, Any] | None = None, forward_usage: bool = False
 ) -> tuple[bytes, FakeResponse]:
     response = FakeResponse(chunks)
+    exchange = Exchange(response, replica(), body=b"")  # type: ignore[arg-type]
     stream = relay_stream(
-        response,  # type: ignore[arg-type]
+        exchange,
         spec=spec(upstream),
         requested_name="public",
         usage={} if usage is None else usage,
         forward_usage=forward_usage,
     )
-    return b"".join([chunk async for chunk in stream]), response
+    body = b"".join([chunk async for chunk in stream])
+    assert exchange.replica.outstanding == 0, "the replica's in-flight count drops when the stream ends"
+    response.breaker_state = exchange.replica.breaker.state  # type: ignore[attr-defined]
+    return body, response
+
+
+def replica() -> Replica:
+    """A replica with one request in flight and a breaker that opens on the first failure."""
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=60, max_cooldown_s=60)
+    return Replica(url="http://x:1", models=["public"], breaker=breaker, outstanding=1)
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
@@ -65,6 +78,7 @@ async def test_rename_survives_any_chunk_boundary(size: int) -> None:
     out, response = await relay([whole[i : i + size] for i in range(0, len(whole), size)], "served")
     assert out == event("public", "a") + event("public", "b") + DONE_EVENT
     assert response.released and not response.closed
+    assert response.breaker_state is BreakerState.CLOSED  # type: ignore[attr-defined]
 
 
 async def test_same_name_passes_bytes_through() -> None:
@@ -80,6 +94,8 @@ async def test_early_end_becomes_an_error_event_and_closes_upstream(ending: byte
     assert events[0] == event("public", "a").rstrip()
     assert b'"error"' in events[1] and events[2] == b"data: [DONE]"
     assert response.closed
+    # A truncated stream is the replica's failure: its breaker hears of it.
+    assert response.breaker_state is BreakerState.OPEN  # type: ignore[attr-defined]
 
 
 USAGE = b'data: {"model":"served","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'

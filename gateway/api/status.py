@@ -1,0 +1,38 @@
+"""The status page for people without Grafana: GET /status (HTML) and GET /status/data (its JSON).
+
+The page holds no data and needs no key; the data is for any key with models:read, or public when
+CITADEL_STATUS_PAGE_PUBLIC=true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from ..auth import Permission, public, require
+from .status_page import HEADERS, HTML
+
+STATUS_PATH = "/status"
+STATUS_DATA_PATH = "/status/data"
+
+
+def status_router(*, public_data: bool) -> APIRouter:
+    data_guard: Callable[..., Any] = public if public_data else require(Permission.MODELS_READ)
+    router = APIRouter(tags=["status"])
+
+    @router.get(STATUS_PATH, dependencies=[Depends(public)], include_in_schema=False)
+    async def status_page() -> Response:
+        """The page (no data in it: its script fetches /status/data)."""
+        return Response(HTML, media_type="text/html; charset=utf-8", headers=HEADERS)
+
+    @router.get(STATUS_DATA_PATH, dependencies=[Depends(data_guard)], include_in_schema=False)
+    async def status_data(request: Request) -> Response:
+        """Per model: health, requests, p50/p95 against the target, tokens/s, error rate, cache hits."""
+        body = orjson.dumps(request.app.state.status_board.data())
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    return router

@@ -1,0 +1,95 @@
+"""Vector collections under /v1/vectors: collections, documents, search (wiring only; see gateway/vectors)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from ..auth import Permission, Principal, require
+from ..pipeline import read_body
+from ..protocol.common import parse_request
+from ..protocol.vectors import CollectionCreate, DeleteDocumentsRequest, SearchRequest, UpsertRequest
+from ..vectors.service import VectorService, hit_object
+
+router = APIRouter(prefix="/v1/vectors", tags=["vectors"])
+
+Reader = Annotated[Principal, Depends(require(Permission.VECTORS_READ))]
+Writer = Annotated[Principal, Depends(require(Permission.VECTORS_WRITE))]
+Name = Annotated[str, Path(max_length=64)]
+DocId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")]
+
+
+async def get_vectors(request: Request) -> VectorService:
+    return request.app.state.vectors  # type: ignore[no-any-return]
+
+
+VectorsDep = Annotated[VectorService, Depends(get_vectors)]
+
+
+async def _body(request: Request) -> bytes:
+    return await read_body(request, limit=request.app.state.inference.settings.max_body_bytes)
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope["state"].get("request_id", ""))
+
+
+@router.post("/collections")
+async def create_collection(request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+    """Create a collection: `name`, optional embedding `model`, `distance`, `shared` (admins)."""
+    create = parse_request(CollectionCreate, await _body(request))
+    info = await vectors.create_collection(principal=caller, request=create, request_id=_request_id(request))
+    return await vectors.describe(info)
+
+
+@router.get("/collections")
+async def list_collections(caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
+    """The collections this key may see (admins: all)."""
+    return {"object": "list", "data": await vectors.list_collections(principal=caller)}
+
+
+@router.get("/collections/{name}")
+async def get_collection(name: Name, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
+    return await vectors.describe(await vectors.collection(principal=caller, name=name))
+
+
+@router.delete("/collections/{name}")
+async def delete_collection(name: Name, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+    await vectors.delete_collection(principal=caller, name=name)
+    return {"object": "vector.collection.deleted", "name": name, "deleted": True}
+
+
+@router.post("/collections/{name}/documents")
+async def upsert_documents(name: Name, request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+    """Add or replace documents (`id`, `text`, `metadata`, optional `vector`); texts are embedded in batches."""
+    upsert = parse_request(UpsertRequest, await _body(request))
+    ids, usage = await vectors.upsert(principal=caller, name=name, request=upsert, request_id=_request_id(request))
+    return {"object": "vector.upsert", "collection": name, "ids": ids, "count": len(ids), "usage": usage}
+
+
+@router.post("/collections/{name}/search")
+async def search(name: Name, request: Request, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
+    """Nearest documents to `query` (a text) or `vector`, with `top_k`, `score_threshold` and `filter`."""
+    query = parse_request(SearchRequest, await _body(request))
+    hits, usage = await vectors.search(principal=caller, name=name, request=query, request_id=_request_id(request))
+    return {"object": "list", "collection": name, "data": [hit_object(hit) for hit in hits], "usage": usage}
+
+
+@router.post("/collections/{name}/documents/delete")
+async def delete_documents(name: Name, request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+    """Delete documents by `ids`, by `filter`, or both (ANDed)."""
+    which = parse_request(DeleteDocumentsRequest, await _body(request))
+    deleted = await vectors.delete_documents(principal=caller, name=name, request=which)
+    return {"object": "vector.documents.deleted", "collection": name, "deleted": deleted}
+
+
+@router.get("/collections/{name}/documents/{doc_id}")
+async def get_document(name: Name, doc_id: DocId, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
+    return await vectors.document(principal=caller, name=name, doc_id=doc_id)
+
+
+@router.delete("/collections/{name}/documents/{doc_id}")
+async def delete_document(name: Name, doc_id: DocId, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+    deleted = await vectors.delete_documents(principal=caller, name=name, request=DeleteDocumentsRequest(ids=[doc_id]))
+    return {"object": "vector.document.deleted", "collection": name, "id": doc_id, "deleted": deleted > 0}

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (and their exposition across workers), JSON logs, the status page data."""
