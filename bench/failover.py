@@ -7,7 +7,7 @@ loop. At `--before` seconds replica a is killed with SIGKILL (in-flight requests
 seconds a new process starts on its port. Reported:
   error rate        requests the clients saw fail, over the whole run and while a was down
   all on survivor   from the kill until the last request attempt that went to the dead replica (the
-                    gateway's retry counter stops rising)
+                    gateway's retry counter has stopped rising; sampled every 50 ms)
   recovery          from the restart until the new process answers its first request, and until it serves
                     at least a third of the traffic again
 Prints the figures and writes bench/results/failover-<timestamp>.json.
@@ -143,17 +143,6 @@ def window(results: list[tuple[float, int]], start: float, end: float) -> tuple[
     return len(inside), sum(1 for status in inside if status != 200)
 
 
-def last_change(samples: list[tuple[float, dict[str, float]]], key: str, start: float, end: float) -> float | None:
-    """When `key` last changed between start and end (None: it never did)."""
-    previous, changed = None, None
-    for at, sample in samples:
-        if start <= at < end:
-            if previous is not None and sample[key] != previous:
-                changed = at
-            previous = sample[key]
-    return changed
-
-
 def first_time(samples: list[tuple[float, dict[str, float]]], after: float, test: Any) -> float | None:
     return next((at for at, sample in samples if at >= after and test(sample)), None)
 
@@ -197,7 +186,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     down_total, down_errors = window(bench.results, killed_at, restarted_at)
     uses_metrics = samples[-1][1]["retries"] >= 0
     if uses_metrics:
-        settled = last_change(samples, "retries", killed_at, restarted_at)
+        # The first sample at which the retry counter had reached the value it kept until the restart.
+        final = next(sample["retries"] for at, sample in reversed(samples) if at < restarted_at)
+        settled = first_time(samples, killed_at, lambda s: s["retries"] == final)
     else:  # a gateway without /metrics (CITADEL_METRICS_PUBLIC=false)
         settled = first_time(samples, killed_at, lambda s: s["in_rotation"] == 1)
     first_served = first_time(samples, restarted_at, lambda s: s["a"] > 0)

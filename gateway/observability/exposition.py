@@ -20,6 +20,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, mult
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -116,3 +118,33 @@ def instrument_http(app: FastAPI) -> None:
     if instrumentation is not None:
         instrumentator.add(instrumentation)
     instrumentator.instrument(app)
+    # Same middleware, with the route lookup of fixed paths remembered (see RememberingRoutes).
+    for index, entry in enumerate(app.user_middleware):
+        if entry.cls is PrometheusInstrumentatorMiddleware:
+            app.user_middleware[index] = Middleware(RememberingRoutes, *entry.args, **entry.kwargs)
+
+
+class RememberingRoutes(PrometheusInstrumentatorMiddleware):
+    """The instrumentator's middleware, remembering the handler of paths that are their own route template.
+
+    Its lookup matches the request against every route of the app, ~28 us per request here (measured with
+    timeit on the gateway's ~40 routes): more than the rest of the HTTP metrics. The paths of the hot routes
+    (/v1/chat/completions, ...) have no parameters, so their answer never changes; paths with parameters are
+    looked up each time, which keeps this map bounded by the number of routes.
+    """
+
+    _MAX_REMEMBERED = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fixed: dict[tuple[str, str], tuple[str, bool]] = {}
+
+    def _get_handler(self, request: Request) -> tuple[str, bool]:
+        key = (request.scope.get("root_path", ""), request.scope["path"])
+        found = self._fixed.get(key)
+        if found is None:
+            found = super()._get_handler(request)
+            handler, templated = found
+            if templated and handler == key[1] and len(self._fixed) < self._MAX_REMEMBERED:
+                self._fixed[key] = found
+        return found
