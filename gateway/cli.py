@@ -34,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .observability.logs import log_config
 
     workers = args.workers or settings.workers
+    # The workers read their settings anew: they must know how many they are (the embedded Qdrant store,
+    # for one, refuses to serve several processes and says so on every worker, not on all but one).
+    os.environ["API_GATEWAY_WORKERS"] = str(workers)
     # Several workers (or a folder given): metrics in files that every worker's /metrics adds up.
     metrics_dir = _metrics_dir() if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
     try:
