@@ -60,7 +60,7 @@ class Pipeline:
         usage: dict[str, Any] = state.setdefault("usage", {})
 
         estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.max_tokens)
-        decision = await self._check_limits(principal, prepared, estimate, state)
+        decision = await self._check_limits(principal, prepared.requested_name, estimate, state)
         limit_headers = decision.headers() if decision is not None else {}
         after: list[Callable[[], Any]] = []
         if session_id is not None:
@@ -114,8 +114,18 @@ class Pipeline:
             raise PermissionDenied("This key's role may not use conversation sessions.")
         return parse_session_id(header)
 
+    async def admit(
+        self, *, principal: Principal, model: str, text_chars: int, state: dict[str, Any]
+    ) -> dict[str, str]:
+        """The rate limits for work that is not a chat but uses a model (the vector routes embed texts): counts
+        the request and its estimated tokens, raises the 429; returns the limit headers. The estimate is not
+        settled afterwards (an embedding's usage is close to it)."""
+        estimate = estimate_tokens(text_chars=text_chars, max_tokens=0)  # embeddings generate nothing
+        decision = await self._check_limits(principal, model, estimate, state)
+        return decision.headers() if decision is not None else {}
+
     async def _check_limits(
-        self, principal: Principal, prepared: Prepared, estimate: int, state: dict[str, Any]
+        self, principal: Principal, model: str, estimate: int, state: dict[str, Any]
     ) -> Decision | None:
         """None when there is no limiter or Redis failed open; raises the 429 (or, failing closed, a 503)."""
         if self.limiter is None or self.policy is None:
@@ -123,7 +133,7 @@ class Pipeline:
         limiter = self.limiter
         decision: Decision | None = await self.policy.call(
             "limits",
-            lambda: limiter.check(principal=principal, model=prepared.requested_name, estimated_tokens=estimate),
+            lambda: limiter.check(principal=principal, model=model, estimated_tokens=estimate),
             fallback=None,
         )
         if decision is not None and not decision.allowed:

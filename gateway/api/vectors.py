@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ..auth import Permission, Principal, require
 from ..pipeline import read_body
@@ -35,6 +35,17 @@ def _request_id(request: Request) -> str:
     return str(request.scope["state"].get("request_id", ""))
 
 
+async def _admit(
+    request: Request, response: Response, caller: Principal, vectors: VectorService, *, text_chars: int
+) -> None:
+    """A request that may embed texts: the key's rate limits apply as to /v1/embeddings (429 when over; tokens
+    estimated from the texts to embed), with the limit headers on the answer."""
+    model = vectors.embedder.default_model() or "vectors"
+    state = request.scope["state"]
+    headers = await request.app.state.pipeline.admit(principal=caller, model=model, text_chars=text_chars, state=state)
+    response.headers.update(headers)
+
+
 @router.post("/collections")
 async def create_collection(request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
     """Create a collection: `name`, optional embedding `model`, `distance`, `shared` (admins)."""
@@ -61,17 +72,24 @@ async def delete_collection(name: Name, caller: Writer, vectors: VectorsDep) -> 
 
 
 @router.post("/collections/{name}/documents")
-async def upsert_documents(name: Name, request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
+async def upsert_documents(
+    name: Name, request: Request, response: Response, caller: Writer, vectors: VectorsDep
+) -> dict[str, Any]:
     """Add or replace documents (`id`, `text`, `metadata`, optional `vector`); texts are embedded in batches."""
     upsert = parse_request(UpsertRequest, await _body(request))
+    to_embed = sum(len(doc.text) for doc in upsert.documents if doc.vector is None)
+    await _admit(request, response, caller, vectors, text_chars=to_embed)
     ids, usage = await vectors.upsert(principal=caller, name=name, request=upsert, request_id=_request_id(request))
     return {"object": "vector.upsert", "collection": name, "ids": ids, "count": len(ids), "usage": usage}
 
 
 @router.post("/collections/{name}/search")
-async def search(name: Name, request: Request, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
+async def search(
+    name: Name, request: Request, response: Response, caller: Reader, vectors: VectorsDep
+) -> dict[str, Any]:
     """Nearest documents to `query` (a text) or `vector`, with `top_k`, `score_threshold` and `filter`."""
     query = parse_request(SearchRequest, await _body(request))
+    await _admit(request, response, caller, vectors, text_chars=len(query.query or ""))
     hits, usage = await vectors.search(principal=caller, name=name, request=query, request_id=_request_id(request))
     return {"object": "list", "collection": name, "data": [hit_object(hit) for hit in hits], "usage": usage}
 

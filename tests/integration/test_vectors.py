@@ -405,3 +405,21 @@ async def test_cached_answers_are_keyed_by_the_retrieved_passages(
         fresh = await ask()
         assert fresh.headers["x-cache"] == "MISS"
         assert [doc["id"] for doc in fresh.json()["retrieval"]["documents"]] == ["new"]
+
+
+async def test_vector_routes_that_embed_count_against_the_keys_rate_limit(
+    tmp_path: Path, postgres_url: str, fake_upstream_url: str, redis_url: str
+) -> None:
+    async with vector_gateway(tmp_path, postgres_url, fake_upstream_url, redis_url=redis_url) as gw:
+        key = str(
+            (await gw.create_key(name=f"vectors-limited-{tmp_path.name}", role="user", requests_per_minute=2))["key"]
+        )
+        await make_collection(gw, "limited-kb", key)
+        documents = {"documents": [{"id": "a", "text": "Some text to embed."}]}
+        upserted = await call(gw, "POST", "/collections/limited-kb/documents", key, json=documents)
+        assert upserted.status_code == 200 and upserted.headers["x-ratelimit-remaining-requests"] == "1"
+        searched = await call(gw, "POST", "/collections/limited-kb/search", key, json={"query": "text"})
+        assert searched.status_code == 200
+        refused = await call(gw, "POST", "/collections/limited-kb/search", key, json={"query": "text"})
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
