@@ -89,16 +89,7 @@ SERVICE ?=
 
 compose-env:
 	@# Fills only the secrets compose requires that are missing or empty (never changes a value that is set).
-	@umask 077 && python3 -c 'import pathlib, re, secrets; \
-	  env, example = pathlib.Path(".env"), pathlib.Path(".env.example"); \
-	  text = env.read_text() if env.exists() else example.read_text(); \
-	  new = {"CITADEL_ADMIN_KEY": "ck-admin-" + secrets.token_urlsafe(24), \
-	         "POSTGRES_PASSWORD": secrets.token_urlsafe(24), "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18)}; \
-	  filled = [n for n in new if not re.search(r"(?m)^" + n + r"=\S", text)]; \
-	  text = re.sub(r"(?m)^(" + "|".join(filled) + r")=$$", lambda m: m.group(1) + "=" + new[m.group(1)], text) if filled else text; \
-	  text += "".join(n + "=" + new[n] + "\n" for n in filled if not re.search(r"(?m)^" + n + "=", text)); \
-	  filled and print("== .env: new random " + ", ".join(filled) + " (keep .env private)"); \
-	  env.write_text(text)'
+	@python3 -m services.compose_env
 
 up: compose-env
 	$(DOCKER_COMPOSE) up --detach --build --wait
