@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from gateway.store.db import create_engine
 from gateway.store.migrate import migrate
 from gateway.store.models import NO_KEY, NO_MODEL
 from services.postgres import LocalPostgres
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_MS = 100.0
@@ -58,12 +58,6 @@ N_KEYS = 200
 
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

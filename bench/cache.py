@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -43,15 +42,10 @@ from gateway.inference import Prepared
 from gateway.redisconn import RedisPolicy, create_redis
 from services.redis import LocalRedis
 from tests.support.catalogs import chat_entry
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.catalogs import chat_entry, write_models_file
+from tests.support.ports import free_port
 from tests.support.processes import stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +43,6 @@ RETRIES = re.compile(r'^citadel_llm_upstream_retries_total\{[^}]*model="duo"[^}]
 
 def progress(message: str) -> None:
     print(f"[failover] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(command: list[str], *, env: dict[str, str], log: Path, health_url: str) -> subprocess.Popen[bytes]:

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,15 +32,10 @@ from gateway.auth import Principal, Role
 from gateway.ratelimit import LimitConfig, RateLimiter
 from gateway.redisconn import create_redis
 from services.redis import LocalRedis
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = "1000000000/minute"  # so the measured checks are allowed (the allowed path writes; it is the common one)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(samples_us: list[float]) -> dict[str, float]:

@@ -197,21 +197,24 @@ class Stack:
             time.sleep(0.5)
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """Signal every process group (gateway first), then SIGKILL what is left after `grace_s`."""
+        """Stop the gateway first (it finishes its requests and flushes the audit log into a PostgreSQL that is
+        still up), then signal every other process group together; SIGKILL what is left after `grace_s`."""
         alive = [item for item in reversed(self.managed) if item.process.poll() is None]
         if not alive:
             return
         say("stopping " + ", ".join(item.name for item in alive), started=self.started)
-        for item in alive:
-            _signal_group(item.process, item.stop_signal)
-        deadline = time.monotonic() + grace_s
-        for item in alive:
-            try:
-                item.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                say(f"{item.name}: did not stop in {grace_s:.0f}s, killing it")
-            _signal_group(item.process, signal.SIGKILL)  # also any children left behind
-            item.process.wait()
+        first = [item for item in alive if item.name == "gateway"]
+        for batch in (first, [item for item in alive if item not in first]):
+            for item in batch:
+                _signal_group(item.process, item.stop_signal)
+            deadline = time.monotonic() + grace_s
+            for item in batch:
+                try:
+                    item.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    say(f"{item.name}: did not stop in {grace_s:.0f}s, killing it")
+                _signal_group(item.process, signal.SIGKILL)  # also any children left behind
+                item.process.wait()
         say("stopped", started=self.started)
 
 

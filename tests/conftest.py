@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import Settings
 from tests.support.catalogs import ADMIN_KEY
+from tests.support.ports import free_port as free_port
 
 # Real PostgreSQL and Redis for the tests that need them (local servers when DATABASE_URL / REDIS_URL are unset).
 pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_settings(config_path: Path, **overrides: object) -> Settings:

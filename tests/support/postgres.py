@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,16 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from gateway.store.db import asyncpg_dsn, create_engine, normalize_url
 from gateway.store.migrate import migrate
 from services.postgres import LocalPostgres
+from tests.support.ports import free_port
 
 
 def _quiet(line: str) -> None:
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -51,7 +45,7 @@ async def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         yield None
         return
     server = LocalPostgres(
-        tmp_path_factory.mktemp("postgres") / "data", _free_port(), password=secrets.token_urlsafe(16)
+        tmp_path_factory.mktemp("postgres") / "data", free_port(), password=secrets.token_urlsafe(16)
     )
     server.start()
     try:

@@ -13,7 +13,6 @@ Fixtures:
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -22,12 +21,7 @@ from redis.asyncio import Redis
 
 from gateway.redisconn import create_redis
 from services.redis import LocalRedis
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +30,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
     if os.environ.get("REDIS_URL"):
         yield None
         return
-    server = LocalRedis(_free_port(), data_dir=tmp_path_factory.mktemp("redis"))
+    server = LocalRedis(free_port(), data_dir=tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server
