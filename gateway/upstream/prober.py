@@ -73,7 +73,11 @@ class HealthProber:
             healthy, error = False, f"health probe failed: {type(exc).__name__}"
         replica.last_probe_ms = (time.perf_counter() - started) * 1000
         if healthy != replica.healthy:
-            log.warning("replica %s of %s is %s", replica.label, ",".join(replica.models), "back" if healthy else error)
+            models = ",".join(replica.models)
+            if healthy:
+                log.warning("replica %s of %s is back in rotation", replica.label, models)
+            else:
+                log.warning("replica %s of %s is out of rotation: %s", replica.label, models, error)
         replica.mark(healthy=healthy, error=error)
         if healthy:
             await self._read_load(replica)
