@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """A model's effective timeouts in seconds."""
+    """A model's effective timeouts: the first-byte bound, and aiohttp's form of the rest (made once)."""
 
-    connect_s: float
     first_byte_s: float
-    total_s: float
+    # sock_connect: connect; sock_read: any silence once the answer flows; total: the whole exchange.
+    client: aiohttp.ClientTimeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +98,14 @@ class UpstreamPool:
         self._timeouts: dict[str, Timeouts] = {}
         for spec in catalog.models.values():
             self._by_model[spec.name] = [self._replica(url, spec.name) for url in spec.backends]
+            first_byte = spec.timeouts.first_byte_s or settings.upstream_read_timeout_s
             self._timeouts[spec.name] = Timeouts(
-                connect_s=spec.timeouts.connect_s or settings.upstream_connect_timeout_s,
-                first_byte_s=spec.timeouts.first_byte_s or settings.upstream_read_timeout_s,
-                total_s=spec.timeouts.total_s or settings.upstream_total_timeout_s,
+                first_byte_s=first_byte,
+                client=aiohttp.ClientTimeout(
+                    total=spec.timeouts.total_s or settings.upstream_total_timeout_s,
+                    sock_connect=spec.timeouts.connect_s or settings.upstream_connect_timeout_s,
+                    sock_read=first_byte,
+                ),
             )
         self.retry = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
@@ -209,17 +213,13 @@ class UpstreamPool:
         replica.outstanding += 1
         response: aiohttp.ClientResponse | None = None
         exchange: Exchange | None = None
-        # sock_read bounds any silence once the answer flows; total bounds the whole exchange, stream included.
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
-        )
         try:
             async with asyncio.timeout(timeouts.first_byte_s):
                 response = await replica.session.post(
                     path,
                     data=payload,
                     headers={"Content-Type": "application/json", "X-Request-ID": request_id},
-                    timeout=client_timeout,
+                    timeout=timeouts.client,
                 )
                 if response.status >= 400:
                     raise status_failure(spec, response.status, await response.read())
