@@ -89,7 +89,7 @@ class RequestObserver:
         capture: PayloadCapture | None = None,
     ) -> None:
         route_path: str | None = getattr(scope.get("route"), "path", None)
-        endpoint = m.ENDPOINTS.get(route_path or "", "other")
+        endpoint = m.endpoint_label(route_path)
         model = self.model_label(state.get("model"))
         key = (model, endpoint, status)
         counter = self._requests.get(key)

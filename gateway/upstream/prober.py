@@ -51,10 +51,8 @@ class HealthProber:
         self._replicas = list(replicas)
         self._interval = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.last_run = 0.0
 
     async def probe_all(self) -> None:
-        self.last_run = time.monotonic()
         await asyncio.gather(*(self.probe(replica) for replica in self._replicas))
 
     async def probe(self, replica: Replica) -> None:
