@@ -27,9 +27,9 @@ from .errors import install_error_handlers
 from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
-from .metrics import count_redis_failure, zero_series
 from .middleware import AuthenticationMiddleware, RequestIdMiddleware
 from .observability.exposition import METRICS_PATH, instrument_http, metrics_router, refresh_audit_gauges
+from .observability.health_metrics import count_redis_failure, zero_series
 from .observability.requests import RequestObserver
 from .observability.window import StatusBoard
 from .pipeline import Pipeline

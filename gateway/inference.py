@@ -17,7 +17,7 @@ from .auth import Principal
 from .catalog import Catalog, ModelSpec
 from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
 from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
-from .metrics import count_upstream_error
+from .observability.health_metrics import count_upstream_error
 from .protocol.chat import ChatCompletionRequest
 from .protocol.common import parse_request
 from .protocol.completions import CompletionRequest

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth import Principal, Role, key_digest
 from .errors import DatabaseUnavailable
-from .metrics import count_postgres_failure
+from .observability.health_metrics import count_postgres_failure
 from .store import keys as key_rows
 from .store.models import BOOTSTRAP_ADMIN_ID, ApiKey
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .metrics import set_dependency_up
+from .observability.health_metrics import set_dependency_up
 from .upstream.pool import UpstreamPool
 
 Status = Literal["healthy", "degraded", "unhealthy"]

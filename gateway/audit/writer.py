@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 
 from gateway.audit.record import COLUMNS, AuditRecord
 from gateway.audit.spool import DropLog, Spool, SpoolBusy
-from gateway.metrics import count_postgres_failure
+from gateway.observability.health_metrics import count_postgres_failure
 from gateway.store.models import NO_KEY, NO_MODEL, AuditEvent, UsageDaily
 
 log = logging.getLogger(__name__)

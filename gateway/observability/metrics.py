@@ -1,4 +1,4 @@
-"""The request, business and dependency metrics (`citadel_llm_*`); the resilience ones are in gateway/metrics.py.
+"""The request, business and dependency metrics (`citadel_llm_*`); failure and health ones: health_metrics.py.
 
 Label values are bounded: model names from config/models.yaml (anything else is "other"; "none" when a
 request names no model), endpoint in {chat, completions, embeddings, other}, status an HTTP code. Never

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..errors import DatabaseUnavailable
-from ..metrics import count_postgres_failure
+from ..observability.health_metrics import count_postgres_failure
 
 log = logging.getLogger(__name__)
 

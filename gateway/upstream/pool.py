@@ -23,7 +23,7 @@ import orjson
 
 from ..catalog import Catalog, ModelSpec
 from ..errors import UpstreamUnavailable
-from ..metrics import count_retry, count_upstream_error
+from ..observability.health_metrics import count_retry, count_upstream_error
 from ..settings import Settings
 from .balancer import choose
 from .breaker import CircuitBreaker

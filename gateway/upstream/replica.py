@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..metrics import set_replica_state
+from ..observability.health_metrics import set_replica_state
 from .breaker import BreakerState, CircuitBreaker
 
 

@@ -10,7 +10,7 @@ import orjson
 
 from ..catalog import ModelSpec
 from ..errors import APIError, UpstreamError, UpstreamTimeout
-from ..metrics import count_upstream_error
+from ..observability.health_metrics import count_upstream_error
 from .failures import translate_errors
 from .pool import Exchange
 

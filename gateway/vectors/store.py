@@ -23,7 +23,7 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from ..errors import APIError, InvalidRequest, NotFound
-from ..metrics import count_qdrant_failure
+from ..observability.health_metrics import count_qdrant_failure
 from ..settings import Settings
 from .errors import CollectionExists, VectorStoreUnavailable
 

@@ -1,7 +1,7 @@
 """Failure and health metrics of the gateway (prefix `citadel_llm_`): upstream errors and retries, replica and
 breaker state, dependency reachability, Redis/PostgreSQL/Qdrant failures. Labels are bounded: no keys, ids or
-free text. The request and business metrics are in gateway/observability/metrics.py; all are exposed on
-GET /metrics (gateway/observability/exposition.py).
+free text. The request and business metrics are in metrics.py beside this module; all are exposed on
+GET /metrics (exposition.py).
 
 Code elsewhere calls the small functions below, never the metric objects, so label names and sets stay in
 one place. `zero_series()` creates every failure series at 0 at start-up, so alert expressions and dashboards
@@ -14,9 +14,9 @@ from prometheus_client import Counter, Gauge
 
 # The request, business and dependency metrics are in gateway/observability/metrics.py; the failure
 # counters other modules record are importable from here too.
-from .observability.metrics import POSTGRES_FAILURES, QDRANT_FAILURES
-from .observability.metrics import count_postgres_failure as count_postgres_failure
-from .observability.metrics import count_qdrant_failure as count_qdrant_failure
+from .metrics import POSTGRES_FAILURES, QDRANT_FAILURES
+from .metrics import count_postgres_failure as count_postgres_failure
+from .metrics import count_qdrant_failure as count_qdrant_failure
 
 # The bounded label values of the failure counters.
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "status_5xx", "broken", "malformed")
