@@ -69,7 +69,7 @@ class HealthProber:
             healthy, error = False, "health probe timed out"
         except (aiohttp.ClientError, OSError) as exc:
             healthy, error = False, f"health probe failed: {type(exc).__name__}"
-        replica.last_probe_ms = (time.perf_counter() - started) * 1000
+        replica.last_probe_ms = round((time.perf_counter() - started) * 1000, 2)
         if healthy != replica.healthy:
             models = ",".join(replica.models)
             if healthy:
