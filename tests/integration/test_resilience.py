@@ -1,10 +1,12 @@
 """Fault injection with real processes: replicas (fake upstream processes) killed, hung (SIGSTOP), failing and
-coming back, behind a real gateway process with a real PostgreSQL. Each case checks what the client sees and
-that nothing is lost: every request has its audit row once the gateway has shut down.
+coming back, and Redis stopped, behind a real gateway process with a real PostgreSQL. Each case checks what
+the client sees, the counters on /metrics where they tell the story, and that nothing is lost: every request
+has its audit row once the gateway has shut down.
 
 The rest of the fault suite lives beside the features it exercises: PostgreSQL down under load
-(test_database_outage.py), Redis down and hanging (test_redis_infra.py, test_redis_features.py), the client
-disconnecting mid-stream (test_faults.py: the upstream sees the cancel within a second).
+(test_database_outage.py: exactly one audit row per request), Redis hanging and restarting
+(test_redis_infra.py, test_redis_features.py), the client disconnecting mid-stream (test_faults.py: the
+upstream sees the cancel within a second).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import free_port
+from services.redis import LocalRedis
 from tests.support import processes
 from tests.support.catalogs import ADMIN_KEY, chat_entry
 from tests.support.gateway import gateway_env, start_gateway
+from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,9 +106,12 @@ class Cluster:
         async with httpx.AsyncClient() as client:
             await client.post(f"http://127.0.0.1:{self.ports[name]}/_fault", json=fault)
 
-    async def post(self, client: httpx.AsyncClient, model: str, **extra: Any) -> httpx.Response:
+    async def post(
+        self, client: httpx.AsyncClient, model: str, *, key: str = ADMIN_KEY, **extra: Any
+    ) -> httpx.Response:
         self.sent += 1
-        return await client.post(f"{self.url}/v1/chat/completions", json=chat(model, **extra), headers=HEADERS)
+        headers = {"Authorization": f"Bearer {key}"}
+        return await client.post(f"{self.url}/v1/chat/completions", json=chat(model, **extra), headers=headers)
 
     async def ready(self, client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
         response = await client.get(f"{self.url}/health/ready")
@@ -137,9 +143,7 @@ class Cluster:
     async def audit_rows(self) -> int:
         engine = create_async_engine(self.db_url)
         async with engine.connect() as conn:
-            count = (
-                await conn.execute(text("SELECT count(*) FROM llm.audit_log WHERE endpoint LIKE '/v1/%'"))
-            ).scalar()
+            count = (await conn.execute(text("SELECT count(*) FROM llm.audit_log WHERE kind = 'api'"))).scalar()
         await engine.dispose()
         return int(count or 0)
 
@@ -296,3 +300,31 @@ async def test_sigterm_lets_a_stream_finish_refuses_new_requests_and_flushes_the
         assert len(rest) >= 20, "every event of the stream arrived"
     assert cluster.gateway.wait(timeout=15) == -signal.SIGTERM
     assert "Finished server process" in (cluster.workdir / "gateway.log").read_text()
+
+
+async def test_redis_down_fails_open_loses_nothing_and_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    redis = LocalRedis(free_port(), data_dir=tmp_path / "redis")
+    redis.start()
+    try:
+        cluster.stop_gateway()
+        cluster.start_gateway(REDIS_URL=redis.url)
+        async with httpx.AsyncClient(timeout=10) as client:
+            # A user key: limits apply to it (the bootstrap admin key is unlimited and never asks Redis).
+            created = await client.post(
+                f"{cluster.url}/admin/keys", json={"name": "limited", "role": "user"}, headers=HEADERS
+            )
+            cluster.sent += 1  # an API request like the others (its admin action has a row of its own)
+            key = created.json()["key"]
+            up = [await cluster.post(client, "duo", key=key) for _ in range(5)]
+            assert all(r.status_code == 200 and "x-ratelimit-limit-tokens" in r.headers for r in up)
+            redis.stop()
+            down = [await cluster.post(client, "duo", key=key) for _ in range(20)]
+            # Limits fail open (the default policy): answers go on, without rate-limit headers.
+            assert [r.status_code for r in down] == [200] * 20
+            assert not any("x-ratelimit-limit-tokens" in r.headers for r in down)
+            assert await cluster.metric(client, "citadel_llm_redis_failures_total", group="limits") > 0
+            status, document = await cluster.ready(client)
+            assert status == 200 and document["status"] == "degraded"
+            assert document["checks"]["redis"]["status"] == "unhealthy"
+    finally:
+        redis.stop()
