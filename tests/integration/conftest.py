@@ -110,9 +110,15 @@ async def db_gateway(tmp_path: Path, postgres_url: str, fake_upstream_url: str) 
 
 @asynccontextmanager
 async def running_db_gateway(
-    tmp_path: Path, postgres_url: str, fake_upstream_url: str, **overrides: object
+    tmp_path: Path,
+    postgres_url: str,
+    fake_upstream_url: str,
+    *,
+    models: dict[str, dict[str, object]] | None = None,
+    **overrides: object,
 ) -> AsyncIterator[DbGateway]:
-    models = {
+    """An in-process gateway with a real PostgreSQL; `models` replaces the default catalogue (ok, other, tiny)."""
+    models = models or {
         "ok": chat_entry(fake_upstream_url, upstream_model="upstream-ok"),
         "other": chat_entry(fake_upstream_url),
         "tiny": chat_entry(fake_upstream_url, max_tokens=64),

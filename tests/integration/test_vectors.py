@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import create_app
-from tests.conftest import free_port, make_settings
-from tests.integration.conftest import DbGateway
-from tests.support.catalogs import chat_entry, write_models_file
+from tests.conftest import free_port
+from tests.integration.conftest import DbGateway, running_db_gateway
+from tests.support.catalogs import chat_entry
 
 DIMS = 384
 
@@ -46,19 +45,15 @@ async def vector_gateway(
         "emb": {**chat_entry(upstream_url, upstream_model="upstream-emb", max_tokens=256), "kind": "embedding",
                 "dimensions": DIMS},
     }  # fmt: skip
-    overrides.setdefault("database_url", postgres_url)
     overrides.setdefault("qdrant_prefix", f"t{uuid.uuid4().hex[:10]}_")
     tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  (a test's own folder, once)
-    settings = make_settings(write_models_file(tmp_path / "models.yaml", models), **overrides)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+    async with running_db_gateway(tmp_path, postgres_url, upstream_url, models=models, **overrides) as gateway:
+        settings = gateway.app.state.inference.settings
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=10) as client:
-                yield DbGateway(client=client, app=app, upstream_url=upstream_url)
+            yield gateway
         finally:
             if settings.qdrant_url and not overrides.get("qdrant_url"):  # a real server: leave it as it was
-                qdrant = app.state.vectors.store.client
+                qdrant = gateway.app.state.vectors.store.client
                 for found in (await qdrant.get_collections()).collections:
                     if found.name.startswith(settings.qdrant_prefix):
                         await qdrant.delete_collection(found.name)
