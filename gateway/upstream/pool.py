@@ -14,7 +14,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +130,6 @@ class UpstreamPool:
             breaker.on_change = lambda _state, replica=replica: replica.publish()
         replica.models.append(model)
         return replica
-
-    def replicas(self, model: str | None = None) -> Iterable[Replica]:
-        return self._by_model[model] if model is not None else self._replicas.values()
 
     async def start(self) -> None:
         for replica in self._replicas.values():
