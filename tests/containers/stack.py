@@ -1,13 +1,17 @@
-"""The compose stack for the containerized tests: is a Docker engine here, and the env file that runs the stack
-in demo mode on free host ports under a project name of its own (a `docker compose up` beside it is untouched)."""
+"""The compose stack of the containerized tests: its env file (demo mode, free host ports, a project name of its
+own, the images this machine can run), the builds, and the wait for every container's health, with progress."""
 
 from __future__ import annotations
 
-import shutil
+import json
 import subprocess
+import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.containers.images import ImagePlan
+from services.containers.progress import say, step
 from tests.conftest import free_port
 from tests.support import compose
 from tests.support.catalogs import ADMIN_KEY
@@ -18,33 +22,27 @@ PUBLISHED_PORTS = (
     "POSTGRES_PORT", "QDRANT_HTTP_PORT", "QDRANT_GRPC_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT",
 )  # fmt: skip
 DEMO_FILES = ["compose.yaml", "compose.demo.yaml"]
+MODEL_SERVICES = ("vllm-mixtral", "vllm-hermes", "vllm-openchat", "vllm-phi3", "vllm-embed")
+# Five model servers starting at once on 2 cores take minutes; the first run builds the images first.
+HEALTHY_TIMEOUT_S = 1500
 
 
-def docker_unavailable_reason() -> str | None:
-    """Why the containerized tests cannot run here, or None when a Docker engine and compose are reachable."""
-    if shutil.which("docker") is None:
-        return "no docker client on this machine"
-    import importlib
+@dataclass
+class StackConfig:
+    """What `docker compose` is given: files, env file and its values, and the services left out (why)."""
 
-    try:
-        sdk = importlib.import_module("docker")  # the Docker SDK, installed with testcontainers
-    except ImportError:
-        sdk = None
-    # Without the SDK, `import docker` can find this repository's docker/ folder (a namespace package).
-    from_env = getattr(sdk, "from_env", None)
-    if from_env is None:
-        return "testcontainers (and the docker SDK) are not installed: pip install -r requirements-dev.txt"
-    try:
-        from_env(timeout=5).ping()
-    except Exception as exc:  # the SDK raises several unrelated types for "no engine"
-        return f"no Docker engine reachable ({type(exc).__name__}); the compose files are checked by tests/unit"
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
-        return "the docker compose plugin is not installed"
-    return None
+    files: list[str]
+    env_file: Path
+    values: dict[str, str]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        files = [arg for name in self.files for arg in ("-f", name)]
+        return ["docker", "compose", *files, "--env-file", str(self.env_file)]
 
 
-def write_env_file(path: Path) -> dict[str, str]:
-    """.env.example's values, the test's secrets and free ports: what a user's .env holds in demo mode."""
+def configure(folder: Path, plan: ImagePlan) -> StackConfig:
+    """.env.example's values, the test's secrets, free ports and the image plan: what a user's .env holds."""
     values = {name: value for name, (value, commented) in compose.env_example().items() if not commented}
     values.update(
         COMPOSE_PROJECT_NAME=f"citadel-test-{uuid.uuid4().hex[:8]}",
@@ -52,6 +50,88 @@ def write_env_file(path: Path) -> dict[str, str]:
         POSTGRES_PASSWORD=f"pw-{uuid.uuid4().hex}",
         GRAFANA_ADMIN_PASSWORD=f"pw-{uuid.uuid4().hex}",
         **{name: str(free_port()) for name in PUBLISHED_PORTS},
+        **plan.values,
     )
-    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
-    return values
+    values.pop("COMPOSE_FILE", None)  # the files are given with -f
+    env_file = folder / "env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    files = list(DEMO_FILES)
+    if plan.left_out:
+        override = folder / "compose.unavailable.yaml"
+        override.write_text(plan.override_yaml())
+        files.append(str(override))
+    return StackConfig(files=files, env_file=env_file, values=values, left_out=dict(plan.left_out))
+
+
+def run(config: StackConfig, *args: str, env: dict[str, str], log: Path | None = None, timeout_s: float = 3600) -> str:
+    """A `docker compose` command; its output goes to `log` when given; a failure raises with the output's tail."""
+    result = subprocess.run(
+        [*config.command(), *args], env=env, cwd=compose.ROOT, capture_output=True, text=True, timeout=timeout_s,
+        check=False,
+    )  # fmt: skip
+    if log is not None:
+        log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"docker compose {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def build(config: StackConfig, *, env: dict[str, str], logs: Path) -> dict[str, float]:
+    """Build the gateway image and the vLLM image (every model service shares it), each timed; seconds by image."""
+    timings: dict[str, float] = {}
+    for service, image in (("gateway", "citadel/gateway"), ("vllm-phi3", "citadel/vllm-cpu")):
+        started = time.monotonic()
+        with step(f"building {image} (docker compose build {service}; the log: {logs / (service + '-build.log')})"):
+            run(config, "build", "--progress", "plain", service, env=env, log=logs / f"{service}-build.log")
+        timings[image] = time.monotonic() - started
+    return timings
+
+
+def states(config: StackConfig, *, env: dict[str, str]) -> dict[str, tuple[str, str, int]]:
+    """Every container of the project: service -> (state, health, exit code)."""
+    out = run(config, "ps", "--all", "--format", "json", env=env, timeout_s=60)
+    rows = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+    if len(rows) == 0 and out.strip().startswith("["):
+        rows = json.loads(out)
+    return {row["Service"]: (row["State"], row.get("Health") or "", int(row.get("ExitCode") or 0)) for row in rows}
+
+
+def wait_healthy(config: StackConfig, *, env: dict[str, str], timeout_s: float = HEALTHY_TIMEOUT_S) -> dict[str, float]:
+    """Wait until every long-running container is healthy and the one-shot migrate exited 0, printing each one's
+    progress; seconds to healthy by service. Fails at once when a container exits or turns unhealthy."""
+    started = time.monotonic()
+    healthy_after: dict[str, float] = {}
+    seen: dict[str, tuple[str, str, int]] = {}
+    while True:
+        current = states(config, env=env)
+        elapsed = time.monotonic() - started
+        for service, state in sorted(current.items()):
+            if seen.get(service) != state:
+                say(f"[{elapsed:4.0f} s] {service}: {state[0]}{' (' + state[1] + ')' if state[1] else ''}")
+                seen[service] = state
+            running, health, code = state
+            if service == "migrate":
+                if running == "exited" and code != 0:
+                    raise RuntimeError(f"migrate exited with {code}:\n{logs_tail(config, 'migrate', env=env)}")
+                if running == "exited":
+                    healthy_after.setdefault(service, elapsed)
+            elif running in ("exited", "dead", "restarting") or health == "unhealthy":
+                raise RuntimeError(f"{service} is {running}/{health}:\n{logs_tail(config, service, env=env)}")
+            elif health == "healthy":
+                healthy_after.setdefault(service, elapsed)
+        if current and set(healthy_after) == set(current):
+            return healthy_after
+        if elapsed > timeout_s:
+            waiting = sorted(set(current) - set(healthy_after))
+            raise RuntimeError(f"not healthy after {timeout_s} s: {waiting}\n" + "\n".join(
+                logs_tail(config, service, env=env) for service in waiting))  # fmt: skip
+        time.sleep(5)
+
+
+def logs_tail(config: StackConfig, service: str, *, env: dict[str, str], lines: int = 60) -> str:
+    try:
+        return f"--- {service}:\n" + run(
+            config, "logs", "--no-color", "--tail", str(lines), service, env=env, timeout_s=60
+        )
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return f"--- {service}: no logs ({exc})"

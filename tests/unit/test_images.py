@@ -66,13 +66,25 @@ def test_the_gateway_image_holds_only_what_the_gateway_needs() -> None:
     instructions = _instructions(ROOT / "docker" / "gateway.Dockerfile")
     text = (ROOT / "docker" / "gateway.Dockerfile").read_text()
     assert "vllm" not in text.lower().replace("no vllm", "")
+    final_stage = len(instructions) - [k for k, _ in instructions][::-1].index("FROM")
     copied = {
         source.rstrip("/")
-        for keyword, args in instructions
+        for keyword, args in instructions[final_stage:]
         if keyword == "COPY" and not any(a.startswith("--from") for a in args)
         for source in [a for a in args if not a.startswith("--")][:-1]
     }
     assert copied == {"pyproject.toml", "alembic.ini", "gateway", "migrations", "config"}
+
+
+@pytest.mark.parametrize("dockerfile", ["gateway.Dockerfile", "vllm-cpu.Dockerfile"])
+def test_images_build_offline_from_a_wheelhouse_when_one_is_given(dockerfile: str) -> None:
+    text = (ROOT / "docker" / dockerfile).read_text()
+    assert not re.search(r"(?m)^#\s*syntax=", text), "BuildKit cannot fetch a frontend image offline"
+    assert re.search(r"(?m)^ARG PYTHON_IMAGE=", text), "the base image must be a build argument"
+    wheelhouse = "gateway" if dockerfile.startswith("gateway") else "vllm"
+    assert f"COPY docker/wheelhouse/{wheelhouse}/ " in text
+    assert "--no-index --find-links /tmp/wheels" in text
+    assert (ROOT / "docker" / "wheelhouse" / wheelhouse / ".keep").is_file(), "the folder must exist in a clone"
 
 
 def test_dockerignore_keeps_secrets_weights_and_environments_out_of_images() -> None:
