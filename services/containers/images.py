@@ -14,11 +14,12 @@ The result is a set of compose variables (`*_IMAGE`) and, when services are left
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.containers import debian, standins, wheelhouse
-from services.containers.progress import say, step
+from services.containers.progress import say
 
 DEFAULT_PYTHON_IMAGE = "python:3.11-slim-bookworm"
 PULL_TIMEOUT_S = 300
@@ -35,7 +36,7 @@ class Optional3rdParty:
 
 
 OPTIONAL = (
-    Optional3rdParty("qdrant", "QDRANT_IMAGE", "qdrant/qdrant:v1.18.2",
+    Optional3rdParty("qdrant", "QDRANT_IMAGE", "qdrant/qdrant:v1.18.2-unprivileged",
                      "the gateway keeps vector collections in its embedded Qdrant (one worker)"),
     Optional3rdParty("grafana", "GRAFANA_IMAGE", "grafana/grafana:11.6.0",
                      "no dashboards (Prometheus and Alertmanager still run)"),
@@ -81,10 +82,13 @@ def available(env: dict[str, str], ref: str) -> bool:
     """Is `ref` in the engine, or can it be pulled now? (A registry that cannot be reached answers at once.)"""
     if present(env, ref):
         return True
-    with step(f"pulling {ref}"):
-        result = _docker(env, "pull", "--quiet", ref, timeout_s=PULL_TIMEOUT_S)
+    say(f"pulling {ref} ...")
+    started = time.monotonic()
+    result = _docker(env, "pull", "--quiet", ref, timeout_s=PULL_TIMEOUT_S)
     if result.returncode != 0:
         say(f"{ref} cannot be pulled: {(result.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    else:
+        say(f"pulled {ref} in {time.monotonic() - started:.0f} s")
     return result.returncode == 0
 
 
@@ -101,7 +105,7 @@ def plan(env: dict[str, str], *, cache: Path, configured: dict[str, str] | None 
         for image in (debian.PYTHON, debian.PYTHON_VLLM):
             debian.build(image, env=env, cache=cache / "images")
         result.values.update(PYTHON_IMAGE=debian.PYTHON.tag, VLLM_PYTHON_IMAGE=debian.PYTHON_VLLM.tag)
-        wheelhouse.make()
+        wheelhouse.make(cache=cache)
     for standin in standins.STANDINS:
         wanted = configured.get(standin.variable) or standin.official
         if available(env, wanted):

@@ -10,13 +10,14 @@ distribution among the downloads is built into a wheel here, so nothing is compi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
 
-from services.containers.progress import step
+from services.containers.progress import say, step
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = ROOT / "docker" / "wheelhouse"
@@ -64,14 +65,41 @@ def download(requirements: list[str], target: Path, *, extra_index: str | None =
     return sum(1 for p in target.iterdir() if p.suffix == ".whl")
 
 
-def make(*, gateway: bool = True, vllm: bool = True) -> None:
-    """`make wheelhouse`: both images' wheels (the vLLM one is about 1 GB: torch's CPU build is most of it)."""
+def _linked_into(source: Path, target: Path) -> None:
+    """Make `target` hold exactly the wheels of `source` (hard links where one file system has both)."""
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name for p in source.iterdir() if p.suffix == ".whl"}
+    for stale in [p for p in target.iterdir() if p.suffix == ".whl" and p.name not in wanted]:
+        stale.unlink()
+    for name in sorted(wanted - {p.name for p in target.iterdir()}):
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copyfile(source / name, target / name)
+
+
+def make(*, gateway: bool = True, vllm: bool = True, cache: Path | None = None) -> None:
+    """`make wheelhouse`: both images' wheels (the vLLM one is about 1 GB: torch's CPU build is most of it).
+
+    With `cache` (the test run passes the per-user cache folder), the wheels are downloaded there once per set of
+    requirements (a stamp file records it) and linked into the build context: a fresh clone needs no download.
+    """
     if sys.version_info[:2] != (3, 11):
         raise WheelhouseError(f"the images run Python 3.11; run this with python3.11, not {sys.version.split()[0]}")
-    if gateway:
-        with step(f"wheelhouse: the gateway's wheels into {WHEELHOUSE / 'gateway'}"):
-            download(gateway_requirements(), WHEELHOUSE / "gateway")
-    if vllm:
-        torch_index = os.environ.get("TORCH_INDEX_URL") or None
-        with step(f"wheelhouse: vLLM's wheels into {WHEELHOUSE / 'vllm'} (about 1 GB)"):
-            download(vllm_requirements(), WHEELHOUSE / "vllm", extra_index=torch_index)
+    torch_index = os.environ.get("TORCH_INDEX_URL") or None
+    sets = {"gateway": (gateway_requirements(), None), "vllm": (vllm_requirements(), torch_index)}
+    for name, (requirements, extra_index) in sets.items():
+        if not {"gateway": gateway, "vllm": vllm}[name]:
+            continue
+        folder = cache / "wheelhouse" / name if cache else WHEELHOUSE / name
+        stamp = folder / ".requirements"
+        recipe = "\n".join([*requirements, f"extra-index={extra_index}"]) + "\n"
+        if stamp.is_file() and stamp.read_text() == recipe:
+            say(f"wheelhouse: {name} wheels up to date in {folder}")
+        else:
+            size = " (about 1 GB)" if name == "vllm" else ""
+            with step(f"wheelhouse: {name} wheels into {folder}{size}"):
+                download(requirements, folder, extra_index=extra_index)
+            stamp.write_text(recipe)
+        if cache:
+            _linked_into(folder, WHEELHOUSE / name)

@@ -76,6 +76,22 @@ def run(config: StackConfig, *args: str, env: dict[str, str], log: Path | None =
     return result.stdout
 
 
+def remove_leftovers(env: dict[str, str]) -> None:
+    """Containers and volumes of earlier test stacks (a run that was killed): they would restart with the engine
+    and take memory and ports from this one."""
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}'],
+        env=env, capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    projects = {line.split()[1] for line in listed.splitlines() if len(line.split()) == 2}
+    for project in sorted(p for p in projects if p.startswith("citadel-test-")):
+        say(f"removing the containers and volumes of an earlier test stack: {project}")
+        subprocess.run(
+            ["docker", "compose", "--project-name", project, "down", "--volumes", "--remove-orphans"],
+            env=env, capture_output=True, check=False, timeout=300,
+        )  # fmt: skip
+
+
 def build(config: StackConfig, *, env: dict[str, str], logs: Path) -> dict[str, float]:
     """Build the gateway image and the vLLM image (every model service shares it), each timed; seconds by image."""
     timings: dict[str, float] = {}

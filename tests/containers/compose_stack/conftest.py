@@ -6,6 +6,7 @@ containers. The fault tests (test_faults.py) run last: they kill, pause and rest
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ def stack(
     running = Stack(compose=deployment, config=config, env=docker_env, logs=folder)
     for reason in config.left_out.values():
         say(f"left out of the stack: {reason}")
+    stacks.remove_leftovers(docker_env)
     started = time.monotonic()
     try:
         running.timings.update({f"build {k}": v for k, v in stacks.build(config, env=docker_env, logs=folder).items()})
@@ -74,6 +76,8 @@ def stack(
     finally:
         with_tests = time.monotonic() - started
         deployment.stop()  # `down --volumes`
+        # Images that this run's builds replaced: the disk would otherwise grow by gigabytes a run.
+        subprocess.run(["docker", "image", "prune", "--force"], env=docker_env, capture_output=True, check=False)
         figures = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in running.timings.items())
         say(f"containers tier timings: {figures}, build + up + tests {with_tests:.0f} s")
 

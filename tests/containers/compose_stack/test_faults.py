@@ -1,4 +1,4 @@
-"""Faults on the running containers, nothing lost: a model container killed mid-stream (error event, the other
+"""Faults on the running containers, nothing lost: a model container crashed mid-stream (error event, the other
 models keep answering, the restart policy brings it back: time to recovery printed), PostgreSQL restarted under
 load (one audit row per request), Redis paused (requests still succeed), and `docker compose down` then `up`
 (keys, audit rows and sessions still there). Runs after every other test of this folder (conftest.py)."""
@@ -6,6 +6,8 @@ load (one audit row per request), Redis paused (requests still succeed), and `do
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -38,6 +40,17 @@ def docker(stack: Stack, *args: str, timeout_s: float = 120) -> str:
 
 def container_id(stack: Stack, service: str) -> str:
     return str(stack.compose.get_container(service).ID)
+
+
+def crash(stack: Stack, service: str) -> None:
+    """SIGKILL the container's main process from the host, as the kernel's OOM killer or a crash would end it.
+
+    Not `docker kill`: Docker counts that as a manual stop, after which no restart policy restarts the container
+    (measured here: `docker kill` left vllm-mixtral exited with 137 and never restarted).
+    """
+    pid = json.loads(docker(stack, "inspect", container_id(stack, service)))[0]["State"]["Pid"]
+    assert pid > 0
+    os.kill(pid, signal.SIGKILL)
 
 
 def chat(url: str, model: str, headers: dict[str, str] = ADMIN, **extra: Any) -> httpx.Response:
@@ -123,9 +136,9 @@ def test_a_model_container_killed_mid_stream_ends_the_stream_and_comes_back(stac
                 continue
             events.append(line[6:])
             if len(events) == 5:
-                docker(stack, "kill", container_id(stack, "vllm-mixtral"))
+                crash(stack, "vllm-mixtral")
                 killed_at = time.monotonic()
-                say("vllm-mixtral killed (docker kill) after 5 stream events")
+                say("vllm-mixtral killed (SIGKILL of its main process) after 5 stream events")
     assert killed_at, "the stream ended before the kill"
     assert events[-1] == "[DONE]", events[-3:]
     error = json.loads(events[-2])
@@ -134,7 +147,10 @@ def test_a_model_container_killed_mid_stream_ends_the_stream_and_comes_back(stac
     for model in ("phi3", "hermes", "embed"):
         if model == "embed":
             response = httpx.post(
-                f"{gateway_url}/v1/embeddings", json={"model": "embed", "input": "still here"}, headers=ADMIN, timeout=60
+                f"{gateway_url}/v1/embeddings",
+                json={"model": "embed", "input": "still here"},
+                headers=ADMIN,
+                timeout=60,
             )
         else:
             response = chat(gateway_url, model)
@@ -147,13 +163,14 @@ def test_a_model_container_killed_mid_stream_ends_the_stream_and_comes_back(stac
         time.sleep(2)
     recovered_after = time.monotonic() - killed_at
     restarts = json.loads(docker(stack, "inspect", container_id(stack, "vllm-mixtral")))[0]["RestartCount"]
-    say(f"vllm-mixtral: answering through the gateway again {recovered_after:.0f} s after docker kill (restarts: {restarts})")
+    say(f"vllm-mixtral: answering through the gateway {recovered_after:.0f} s after docker kill ({restarts} restarts)")
     assert recovered_after < RECOVERY_LIMIT_S, f"mixtral not back within {RECOVERY_LIMIT_S} s"
     assert restarts >= 1
 
 
 def test_postgres_restarted_under_load_loses_no_audit_row(stack: Stack, gateway_url: str) -> None:
-    key_id, key = new_key(gateway_url, f"faults-pg-{uuid.uuid4().hex[:6]}")
+    # Limits far above the load: every request should be answered, none refused.
+    key_id, key = new_key(gateway_url, f"faults-pg-{uuid.uuid4().hex[:6]}", requests_per_minute=100_000)
     body = {"model": "phi3", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     with background_load(gateway_url, {"Authorization": f"Bearer {key}"}, body) as statuses:
         time.sleep(3)
@@ -167,7 +184,8 @@ def test_postgres_restarted_under_load_loses_no_audit_row(stack: Stack, gateway_
     found = wait_for_audit(stack, key_id, sent)
     say(f"postgres restart: {sent} requests sent ({statuses.count(200)} answered 200), {found} audit rows")
     assert found == sent, f"{sent} requests but {found} audit rows"
-    assert 599 not in statuses
+    # Keys are served from the gateway's cache while the database is away: every request is answered.
+    assert set(statuses) == {200}, {status: statuses.count(status) for status in set(statuses)}
 
 
 def test_paused_redis_does_not_stop_requests(stack: Stack, gateway_url: str) -> None:
