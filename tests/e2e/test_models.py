@@ -147,8 +147,14 @@ def test_rate_limit_and_cache_through_the_real_stack(gateway_url: str) -> None:
         time.sleep(0.2)
     assert second.status_code == 200 and second.headers["x-cache"] == "HIT"
     assert second.json()["choices"] == first.json()["choices"]
-    # At most 6 requests so far against 12 a minute: the next 12 must run into the limit.
+    # At most 6 requests so far against 12 a minute: the next 12 must run into the limit. (Up to 12 more, spaced:
+    # on a loaded machine a Redis call may pass its 100 ms timeout, and limits then fail open for 250 ms by policy.)
     url = f"{gateway_url}/v1/chat/completions"
-    statuses = [httpx.post(url, json=body, headers=headers, timeout=60).status_code for _ in range(12)]
-    assert set(statuses) == {200, 429}
-    assert statuses.index(429) + statuses.count(429) == len(statuses)  # once refused, refused
+    statuses: list[int] = []
+    while 429 not in statuses and len(statuses) < 24:
+        statuses.append(httpx.post(url, json=body, headers=headers, timeout=60).status_code)
+        if len(statuses) > 12:
+            time.sleep(0.3)
+    assert set(statuses) == {200, 429}, statuses
+    after = [httpx.post(url, json=body, headers=headers, timeout=60).status_code for _ in range(3)]
+    assert after == [429, 429, 429]  # once refused, refused

