@@ -43,8 +43,13 @@ class Stack:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The fault tests change the stack (kill, pause, restart, down/up): after every other test of this folder.
-    items.sort(key=lambda item: item.nodeid.split("::")[0].endswith("test_faults.py"))
+    # The fault tests change the stack (kill, pause, restart, down/up): after every other test of this folder, and
+    # still inside it (the hook sees the whole session's items: only this folder's places are reordered).
+    here = Path(__file__).parent
+    places = [index for index, item in enumerate(items) if here in item.path.parents]
+    ours = sorted((items[index] for index in places), key=lambda item: item.path.name == "test_faults.py")
+    for index, item in zip(places, ours, strict=True):
+        items[index] = item
 
 
 @pytest.fixture(scope="package")
