@@ -163,7 +163,7 @@ def test_a_model_container_killed_mid_stream_ends_the_stream_and_comes_back(stac
         time.sleep(2)
     recovered_after = time.monotonic() - killed_at
     restarts = json.loads(docker(stack, "inspect", container_id(stack, "vllm-mixtral")))[0]["RestartCount"]
-    say(f"vllm-mixtral: answering through the gateway {recovered_after:.0f} s after docker kill ({restarts} restarts)")
+    say(f"vllm-mixtral: answering through the gateway {recovered_after:.0f} s after the crash (restarts: {restarts})")
     assert recovered_after < RECOVERY_LIMIT_S, f"mixtral not back within {RECOVERY_LIMIT_S} s"
     assert restarts >= 1
 
