@@ -140,27 +140,30 @@ def build(image: DebianImage, *, env: dict[str, str], cache: Path) -> None:
         say(f"{image.tag}: up to date (recipe {recipe})")
         return
     base = root_filesystem(cache)
-    with (
-        step(f"making {image.tag} from Debian's packages ({', '.join(image.packages)})"),
-        tempfile.TemporaryDirectory(dir=cache, prefix="rootfs-") as scratch,
-    ):
-        root = Path(scratch) / "root"
-        _run(["cp", "-a", str(base), str(root)], "copying the root filesystem")
-        (root / ".citadel-complete").unlink(missing_ok=True)
-        _install(root, image)
-        changes = [
-            f"LABEL {RECIPE_LABEL}={recipe}",
-            'CMD ["/bin/bash"]',
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-        ]
-        changes += [f"ENV {name}={value}" for name, value in image.env.items()]
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        args = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", image.tag]
-        imported = subprocess.run(args, env=env, stdin=tar.stdout, capture_output=True, text=True, check=False)
-        tar.wait()
-        if imported.returncode != 0 or tar.returncode != 0:
-            raise DebianImageError(f"docker import of {image.tag} failed: {imported.stderr[-2000:]}")
+    scratch = Path(tempfile.mkdtemp(dir=cache, prefix="rootfs-"))
+    try:
+        with step(f"making {image.tag} from Debian's packages ({', '.join(image.packages)})"):
+            root = Path(scratch) / "root"
+            _run(["cp", "-a", str(base), str(root)], "copying the root filesystem")
+            (root / ".citadel-complete").unlink(missing_ok=True)
+            _install(root, image)
+            changes = [
+                f"LABEL {RECIPE_LABEL}={recipe}",
+                'CMD ["/bin/bash"]',
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+            ]
+            changes += [f"ENV {name}={value}" for name, value in image.env.items()]
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            args = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", image.tag]
+            imported = subprocess.run(args, env=env, stdin=tar.stdout, capture_output=True, text=True, check=False)
+            tar.wait()
+            if imported.returncode != 0 or tar.returncode != 0:
+                raise DebianImageError(f"docker import of {image.tag} failed: {imported.stderr[-2000:]}")
+    finally:
+        # Not while /proc is still mounted in it: the removal would walk into the host's /proc.
+        if not os.path.ismount(scratch / "root" / "proc"):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _install(root: Path, image: DebianImage) -> None:
@@ -197,6 +200,8 @@ def _install(root: Path, image: DebianImage) -> None:
         _run([*chroot, "apt-get", "clean"], "apt-get clean", env=env)
     finally:
         subprocess.run(["umount", "-l", str(proc)], check=False)
+        if os.path.ismount(proc):  # never let the scratch folder's removal walk into the host's /proc
+            raise DebianImageError(f"could not unmount {proc}; remove {root} by hand after unmounting it")
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
     policy.unlink()

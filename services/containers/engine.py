@@ -188,6 +188,7 @@ def with_compose(env: dict[str, str]) -> dict[str, str]:
     user_config = Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     if user_config.is_file() and user_config.resolve() != (config / "config.json").resolve():
         shutil.copyfile(user_config, config / "config.json")
+        (config / "config.json").chmod(0o600)  # it may hold registry credentials
     link = plugins / "docker-compose"
     if link.is_symlink() or link.exists():
         link.unlink()
