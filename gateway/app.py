@@ -27,7 +27,7 @@ from .errors import install_error_handlers
 from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
-from .middleware import AuthenticationMiddleware, RequestIdMiddleware
+from .middleware import AuthenticationMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from .observability.exposition import METRICS_PATH, instrument_http, metrics_router, refresh_audit_gauges
 from .observability.health_metrics import count_redis_failure, zero_series
 from .observability.requests import RequestObserver
@@ -144,7 +144,16 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             if engine is not None:
                 await engine.dispose()
 
-    app = FastAPI(title="Citadel LLM Server", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No trailing-slash redirects: Starlette builds their Location from the request's own Host header, which would
+    # send a client wherever that header pointed. `/v1/models/` is an unknown route (404), like any other.
+    app = FastAPI(
+        title="Citadel LLM Server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     observability = (
         metrics_router(public_access=settings.metrics_public),
         status_router(public_data=settings.status_page_public),
@@ -158,7 +167,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     public_paths |= {METRICS_PATH} if settings.metrics_public else set()
     public_paths |= {STATUS_DATA_PATH} if settings.status_page_public else set()
     # The last added is the outermost: request id, then audit (sees every answer, 401s included), then the
-    # HTTP-layer metrics, then auth.
+    # HTTP-layer metrics, then auth, then the body bound (after auth: nothing of a keyless body is read).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
     instrument_http(app)
     observer = RequestObserver(catalog, log_payloads=settings.log_payloads)

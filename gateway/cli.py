@@ -9,10 +9,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from .keys_cli import add_keys_parser
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["API_GATEWAY_WORKERS"] = str(workers)
     # Several workers (or a folder given): metrics in files that every worker's /metrics adds up.
     metrics_dir = _metrics_dir() if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
+    proxy_headers, forwarded_allow_ips = proxy_options(settings)
     try:
         uvicorn.run(
             "gateway.app:create_app",
@@ -53,6 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,  # one structured line per request comes from the gateway itself
             # SIGTERM: stop accepting, let in-flight requests and streams finish this long, then shut down.
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     finally:
         if metrics_dir is not None and metrics_dir.name.startswith(_METRICS_TMP_PREFIX):
@@ -121,6 +128,12 @@ def _keys(args: argparse.Namespace) -> int:
         print("citadel: DATABASE_URL is not set (environment or .env): keys live in the database", file=sys.stderr)
         return 2
     return run_keys(args, url)
+
+
+def proxy_options(settings: Settings) -> tuple[bool, str | None]:
+    """uvicorn's proxy_headers and forwarded_allow_ips: off unless proxies are named (its default trusts 127.0.0.1)."""
+    trusted = settings.trusted_proxies.strip()
+    return bool(trusted), trusted or None
 
 
 def main(argv: list[str] | None = None) -> int:

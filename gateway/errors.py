@@ -149,6 +149,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, APIError):
+            # FastAPI turns any error raised while it reads a body into a 400 "error parsing the body"; one of
+            # ours (the body bound's 413) is rendered as itself.
+            return await on_api_error(request, exc.__cause__)
         message = _STARLETTE_STATUS_MESSAGES.get(exc.status_code, "Request failed.")
         error_class = NotFound if exc.status_code == 404 else InvalidRequest
         error = error_class(message, headers=dict(exc.headers or {}))

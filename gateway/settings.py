@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, validation_alias=AliasChoices("API_GATEWAY_PORT", "CITADEL_PORT"))
     workers: int = Field(1, ge=1, validation_alias=AliasChoices("API_GATEWAY_WORKERS", "CITADEL_WORKERS"))
     log_level: str = "info"
+    # The proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or networks,
+    # e.g. "10.0.0.5,10.1.0.0/16"; "*" for all). Empty, the default: none, and the client address in logs and
+    # audit rows is the TCP peer's; otherwise any local process could name any address.
+    trusted_proxies: str = ""
     # Observability. Logs: one JSON object per line (or `text` for a terminal); prompts and answers are
     # logged only when log_payloads is true. /metrics without a key (Prometheus scrapes without one; it
     # holds no keys, ids or text) unless metrics_public is false: then a key with usage:read (viewer keys).

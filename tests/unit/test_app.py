@@ -129,6 +129,28 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     assert_openai_error(response, 413, "invalid_request_error")
 
 
+@pytest.mark.parametrize(
+    "path", ["/admin/keys", "/v1/feedback", "/v1/vectors/collections", "/v1/vectors/collections/c/search"]
+)
+async def test_every_route_bounds_its_body_with_413(client: httpx.AsyncClient, path: str) -> None:
+    """Not only the inference routes: admin, feedback, vectors and any other body is refused past the limit."""
+    huge = b'{"name": "' + b"x" * 5000 + b'"}'
+    response = await client.post(path, content=huge, headers={"Content-Type": "application/json"})
+    assert "x" * 50 not in str(assert_openai_error(response, 413, "invalid_request_error"))
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1000
+
+    assert_openai_error(await client.post(path, content=chunked()), 413, "invalid_request_error")
+
+
+async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/models/", headers={"Host": "evil.example"})
+    assert_openai_error(response, 404, "invalid_request_error")
+    assert "location" not in response.headers
+
+
 async def test_too_many_embedding_inputs_is_400(client: httpx.AsyncClient, tmp_path: Path) -> None:
     response = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a"] * 300})
     assert response.status_code in (400, 413)
