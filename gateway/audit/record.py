@@ -76,8 +76,13 @@ class AuditRecord:
     occurred_at: datetime = field(default_factory=_utcnow)
 
     def values(self) -> tuple[Any, ...]:
-        """The column values in COLUMNS order (a database row; strings are cut to width by the INSERT)."""
-        return _values(self)  # type: ignore[no-any-return]
+        """The column values in COLUMNS order (a database row; strings are cut to width by the INSERT). A NUL
+        character, which PostgreSQL text cannot hold and which would fail the whole batch's COPY, becomes U+FFFD:
+        a request whose path or model name carries one is still audited, visibly marked."""
+        row: tuple[Any, ...] = _values(self)
+        if any(type(value) is str and "\x00" in value for value in row):
+            return tuple(value.replace("\x00", "\ufffd") if type(value) is str else value for value in row)
+        return row
 
     def to_line(self) -> bytes:
         """The compact spool form: one JSON array and a newline."""

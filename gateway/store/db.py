@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, InvalidRequest
 from ..observability.health_metrics import count_postgres_failure
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,30 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+# Values PostgreSQL or asyncpg refuse: class 22 on the server (a NUL character, a date or number out of range),
+# and asyncpg's own check of an argument before sending it (an integer past 64 bits).
+_DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when `exc`, or any error it wraps, is the database refusing a value of the request (not a fault)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _DATA_ERRORS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def refused_value() -> InvalidRequest:
+    """The 400 for a value the database cannot store or compare; which value is not echoed back."""
+    return InvalidRequest(
+        "A value in this request cannot be stored or compared (a NUL character, or a number or date out of range)."
+    )
+
+
 def unavailable(exc: BaseException, *, operation: str = "request") -> DatabaseUnavailable:
     """The 503 for a connection failure, counted under `operation` (a fixed word); logged by class name only
     (no DSN, no SQL, no parameters)."""
@@ -141,6 +165,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     except Exception as exc:
         if is_connection_error(exc):
             raise unavailable(exc) from exc
+        if is_data_error(exc):
+            raise refused_value() from exc
         raise
 
 

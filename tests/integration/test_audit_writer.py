@@ -289,6 +289,20 @@ async def test_long_strings_are_cut_to_their_column(dsn: str, tmp_path: Path) ->
     assert (len(row["request_id"]), len(row["endpoint"]), len(row["client_addr"])) == (128, 128, 64)
 
 
+async def test_a_nul_character_is_marked_not_a_reason_to_drop_the_row(dsn: str, tmp_path: Path) -> None:
+    writer = AuditLog(dsn, tmp_path, **FAST)
+    await writer.start()
+    writer.record(make(endpoint="/v1/\x00x", model="m\x00", target="t\x00"))
+    await writer.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT endpoint, model, target FROM llm.audit_log")
+    finally:
+        await conn.close()
+    assert writer.dropped_rows == 0 and row is not None
+    assert (row["endpoint"], row["model"], row["target"]) == ("/v1/\ufffdx", "m\ufffd", "t\ufffd")
+
+
 async def test_purge_deletes_old_rows_in_batches(dsn: str, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     writer = AuditLog(dsn, tmp_path, batch_size=5000)

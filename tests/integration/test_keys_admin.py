@@ -98,6 +98,11 @@ async def test_expired_key_stops_working(db_gateway: DbGateway) -> None:
         ("POST", "/admin/keys", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400),
         ("POST", "/admin/keys", {"name": "x", "surprise": 1}, 400),
         ("POST", "/admin/keys", {"name": ""}, 400),
+        # Values the database refuses: one translation to 400 (never a 500).
+        ("POST", "/admin/keys", {"name": "nul\u0000byte"}, 400),
+        ("GET", "/admin/audit?model=a%00b", None, 400),
+        ("GET", f"/admin/audit?before_id={2**70}", None, 400),
+        ("GET", "/admin/usage?since=0001-01-01T00:00:00Z", None, 400),
     ],
 )
 async def test_bad_admin_input_is_a_clear_4xx(
