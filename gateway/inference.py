@@ -19,7 +19,7 @@ from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
 from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 from .observability.health_metrics import count_upstream_error
 from .protocol.chat import ChatCompletionRequest
-from .protocol.common import parse_request
+from .protocol.common import encode_for_upstream, parse_request
 from .protocol.completions import CompletionRequest
 from .protocol.embeddings import EmbeddingRequest
 from .settings import Settings
@@ -119,7 +119,7 @@ class InferenceService:
             endpoint=endpoint,
             spec=spec,
             requested_name=name,
-            payload=orjson.dumps(data),
+            payload=encode_for_upstream(data),
             stream=stream,
             client_wants_usage=client_wants_usage,
             new_messages=new_messages,

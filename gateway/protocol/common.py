@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InvalidRequest
@@ -43,6 +44,15 @@ class SamplingFields(BaseModel):
     logit_bias: Annotated[dict[str, float], Field(max_length=300)] | None = None
     seed: int | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+
+
+def encode_for_upstream(data: Any) -> bytes:
+    """The JSON sent on to a model server. The one place a value JSON can carry but the encoder cannot (an integer
+    past 64 bits, in any field, typed or free-form) becomes the client's 400 instead of a crash."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        raise InvalidRequest("A number in the request is out of range: integers must fit in 64 bits.") from None
 
 
 def parse_request(model: type[T], body: bytes) -> T:

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from ..auth import Permission, Principal
 from ..errors import InvalidRequest, PermissionDenied
 from ..inference import Prepared
-from ..protocol.common import parse_request
+from ..protocol.common import encode_for_upstream, parse_request
 from ..protocol.vectors import RetrievalOptions
 from .service import VectorService
 
@@ -151,5 +151,5 @@ class Retrieval:
             used.append((doc_id, hit.score))
         if passages:
             payload["messages"] = with_passages(payload["messages"], passages)
-            prepared = dataclasses.replace(prepared, payload=orjson.dumps(payload))
+            prepared = dataclasses.replace(prepared, payload=encode_for_upstream(payload))
         return prepared, Retrieved(collection=info.name, documents=used)

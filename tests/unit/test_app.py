@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -143,6 +144,22 @@ async def test_every_route_bounds_its_body_with_413(client: httpx.AsyncClient, p
             yield b" " * 1000
 
     assert_openai_error(await client.post(path, content=chunked()), 413, "invalid_request_error")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "seed": 2**70}),
+        ("/v1/completions", {"model": "chat-a", "prompt": [1, 2, 2**70]}),
+        ("/v1/embeddings", {"model": "emb", "input": "hi", "dimensions": 2**70}),
+    ],
+)
+async def test_integers_past_64_bits_are_400_not_a_crash(
+    client: httpx.AsyncClient, path: str, body: dict[str, object]
+) -> None:
+    # The standard library writes integers of any size (orjson, the gateway's encoder, refuses past 64 bits).
+    response = await client.post(path, content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    assert_openai_error(response, 400, "invalid_request_error")
 
 
 async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(client: httpx.AsyncClient) -> None:
