@@ -69,7 +69,11 @@ class _Entry:
 
 
 class CachedKeyStore:
-    """Bootstrap admin key first, then database keys, cached by digest for `ttl_s` seconds."""
+    """Bootstrap admin key first, then database keys, cached by digest for `ttl_s` seconds.
+
+    Keys found and keys not found are remembered apart, each bounded: a flood of random tokens is answered from
+    the miss cache after its first lookup each, and only ever evicts other misses, never a valid key's entry.
+    """
 
     def __init__(
         self,
@@ -78,13 +82,16 @@ class CachedKeyStore:
         sessions: async_sessionmaker[AsyncSession],
         ttl_s: float,
         max_entries: int = 100_000,
+        max_misses: int = 10_000,
     ) -> None:
         self.bootstrap = bootstrap
         self._sessions = sessions
         self._ttl_s = ttl_s
         self._max_entries = max_entries
-        # Bounded, so random keys sent by an attacker cannot grow it without limit.
+        self._max_misses = max_misses
+        # Bounded, so random keys sent by an attacker cannot grow them without limit.
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._misses: OrderedDict[bytes, float] = OrderedDict()  # digest -> remembered until (monotonic)
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, presented_key: str) -> Principal | None:
@@ -92,9 +99,12 @@ class CachedKeyStore:
         admin = self.bootstrap.match(digest)
         if admin is not None:
             return admin
+        now = time.monotonic()
         entry = self._cache.get(digest)
-        if entry is not None and entry.fresh_until > time.monotonic():
+        if entry is not None and entry.fresh_until > now:
             return _still_valid(entry.principal)
+        if entry is None and self._misses.get(digest, 0.0) > now:
+            return None
         principal = await self._lookup_once(digest, presented_key, stale=entry)
         return _still_valid(principal)
 
@@ -106,6 +116,7 @@ class CachedKeyStore:
     def forget_all(self) -> None:
         """Drop every cached lookup (revocations may have been missed while Redis was away)."""
         self._cache.clear()
+        self._misses.clear()
 
     async def _lookup_once(self, digest: bytes, presented_key: str, *, stale: _Entry | None) -> Principal | None:
         pending = self._inflight.get(digest)
@@ -141,7 +152,17 @@ class CachedKeyStore:
         return principal_from_row(row) if row is not None and row.revoked_at is None else None
 
     def _remember(self, digest: bytes, principal: Principal | None) -> None:
-        self._cache[digest] = _Entry(principal, time.monotonic() + self._ttl_s)
+        fresh_until = time.monotonic() + self._ttl_s
+        if principal is None:
+            # A key that was valid and is now revoked or unknown leaves the hit cache too.
+            self._cache.pop(digest, None)
+            self._misses[digest] = fresh_until
+            self._misses.move_to_end(digest)
+            while len(self._misses) > self._max_misses:
+                self._misses.popitem(last=False)
+            return
+        self._misses.pop(digest, None)
+        self._cache[digest] = _Entry(principal, fresh_until)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)

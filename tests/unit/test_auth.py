@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from gateway.app import assert_every_route_guarded
 from gateway.auth import Permission, Principal, Role, bearer_token
-from gateway.keystore import BootstrapKeyStore
+from gateway.keystore import BootstrapKeyStore, CachedKeyStore
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,29 @@ def test_an_unguarded_route_cannot_be_built() -> None:
 
     with pytest.raises(RuntimeError, match="/forgotten declares no permission"):
         assert_every_route_guarded(router)
+
+
+class _CountingKeyStore(CachedKeyStore):
+    """The cache in front of a stand-in for the key table: one valid key, and a count of the lookups."""
+
+    def __init__(self, valid: str, **limits: int) -> None:
+        super().__init__(bootstrap=BootstrapKeyStore("ck-admin-" + "a" * 24), sessions=None, ttl_s=60, **limits)  # type: ignore[arg-type]
+        self.valid = valid
+        self.queries = 0
+
+    async def _query(self, presented_key: str) -> Principal | None:
+        self.queries += 1
+        return Principal(key_id=uuid.uuid4(), name="k", role=Role.USER) if presented_key == self.valid else None
+
+
+async def test_random_tokens_are_remembered_as_misses_and_never_evict_a_valid_key() -> None:
+    store = _CountingKeyStore("ck_valid", max_entries=10, max_misses=5)
+    assert await store.authenticate("ck_valid") is not None
+    for _attempt in range(2):
+        for number in range(100):  # a flood of random tokens: far more than either cache holds
+            assert await store.authenticate(f"ck_random{number}") is None
+    assert store.queries == 1 + 200  # each random token looked up (the miss cache holds only the last 5) ...
+    assert await store.authenticate("ck_valid") is not None
+    assert store.queries == 201  # ... but the valid key is still cached: no lookup for it
+    assert await store.authenticate("ck_random99") is None
+    assert store.queries == 201  # a recent miss is answered from the miss cache
