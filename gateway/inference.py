@@ -50,8 +50,23 @@ class Prepared:
     client_wants_usage: bool = False
     # The messages this request added to a conversation session (stored after the answer).
     new_messages: list[dict[str, Any]] = field(default_factory=list)
-    # The completion budget asked for (None: the server's default), for the token estimate of rate limits.
-    max_tokens: int | None = None
+    # The most tokens the answer can cost (completion_budget), for the up-front charge of the token limit.
+    completion_budget: int = 0
+
+
+def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> int:
+    """The most tokens a request's answer can cost, charged up front and settled to the real usage afterwards:
+    per choice the `max_tokens` asked for or, when unset, all the model may write (its limit, within its
+    context); times the choices (`n`, `best_of`) and the prompts of a list. Embeddings generate nothing."""
+    if endpoint == "embeddings":
+        return 0
+    per_choice = (
+        data.get("max_completion_tokens") or data.get("max_tokens") or min(spec.max_tokens, spec.max_model_len)
+    )
+    choices = max(data.get("n") or 1, data.get("best_of") or 1)
+    prompt = data.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    return int(per_choice) * int(choices) * prompts
 
 
 def model_not_allowed(name: str) -> PermissionDenied:
@@ -123,7 +138,7 @@ class InferenceService:
             stream=stream,
             client_wants_usage=client_wants_usage,
             new_messages=new_messages,
-            max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
+            completion_budget=completion_budget(data, spec, endpoint),
         )
 
     def _check_generation(self, data: dict[str, Any], spec: ModelSpec) -> None:

@@ -59,7 +59,7 @@ class Pipeline:
         state["stream"] = prepared.stream
         usage: dict[str, Any] = state.setdefault("usage", {})
 
-        estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.max_tokens)
+        estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.completion_budget)
         decision = await self._check_limits(principal, prepared.requested_name, estimate, state)
         limit_headers = decision.headers() if decision is not None else {}
         after: list[Callable[[], Any]] = []

@@ -7,6 +7,8 @@ import uuid
 import pytest
 
 from gateway.auth import Principal, Role
+from gateway.catalog import ModelSpec
+from gateway.inference import completion_budget
 from gateway.ratelimit import (
     Decision,
     LimitConfig,
@@ -17,6 +19,7 @@ from gateway.ratelimit import (
     rate_limit_headers,
     resolve_limits,
 )
+from tests.support.catalogs import chat_entry
 
 
 def principal(role: Role = Role.USER, rpm: int | None = None, tpm: int | None = None) -> Principal:
@@ -152,3 +155,21 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens(text_chars=400, max_tokens=100) == 200
     assert estimate_tokens(text_chars=401, max_tokens=100) == 201
     assert estimate_tokens(text_chars=40, max_tokens=None, default_max_tokens=16) == 26
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "data", "budget"),
+    [
+        ("chat", {"max_tokens": 100}, 100),
+        ("chat", {"max_tokens": 100, "n": 4}, 400),
+        ("chat", {}, 2048),  # no max_tokens: all the model may write (its limit, within its context)
+        ("completions", {"prompt": ["a"] * 50, "max_tokens": 10, "n": 4}, 2000),  # 50 prompts x 4 choices
+        ("completions", {"prompt": [1, 2, 3], "max_tokens": 10}, 10),  # one prompt given as token ids
+        ("completions", {"prompt": [[1], [2]], "max_tokens": 10, "best_of": 3, "n": 2}, 60),
+        ("embeddings", {"input": ["a", "b"]}, 0),
+    ],
+)
+def test_the_token_charge_covers_every_choice_and_prompt(endpoint: str, data: dict[str, object], budget: int) -> None:
+    spec = ModelSpec.model_validate({"name": "m", **chat_entry("http://127.0.0.1:9", max_tokens=4096)})
+    spec = spec.model_copy(update={"max_tokens": 2048})
+    assert completion_budget(data, spec, endpoint) == budget  # type: ignore[arg-type]
