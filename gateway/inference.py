@@ -60,9 +60,7 @@ def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint)
     context); times the choices (`n`, `best_of`) and the prompts of a list. Embeddings generate nothing."""
     if endpoint == "embeddings":
         return 0
-    per_choice = (
-        data.get("max_completion_tokens") or data.get("max_tokens") or min(spec.max_tokens, spec.max_model_len)
-    )
+    per_choice = data.get("max_completion_tokens") or data.get("max_tokens") or min(spec.max_tokens, spec.max_model_len)
     choices = max(data.get("n") or 1, data.get("best_of") or 1)
     prompt = data.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1

@@ -13,7 +13,7 @@ Connection failures inside a route (refused, timed out, dropped, server starting
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -105,19 +105,25 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True when `exc`, or any error it wraps, says the database cannot be reached (not a bad query)."""
+def _in_chain(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """True when `exc` or any error it wraps (its causes and contexts) matches."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _CONNECTION_ERRORS):
-            return True
-        # SQLAlchemy's own disconnect detection ("connection is closed" and the like).
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+        if matches(current):
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc`, or any error it wraps, says the database cannot be reached (not a bad query)."""
+    return _in_chain(
+        exc,
+        # SQLAlchemy's own disconnect detection ("connection is closed" and the like) counts too.
+        lambda e: isinstance(e, _CONNECTION_ERRORS) or (isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated),
+    )
 
 
 # Values PostgreSQL or asyncpg refuse: class 22 on the server (a NUL character, a date or number out of range),
@@ -127,14 +133,7 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.DataError, a
 
 def is_data_error(exc: BaseException) -> bool:
     """True when `exc`, or any error it wraps, is the database refusing a value of the request (not a fault)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, _DATA_ERRORS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return _in_chain(exc, lambda e: isinstance(e, _DATA_ERRORS))
 
 
 def refused_value() -> InvalidRequest:
