@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from .auth import Permission, Principal
 from .cache import CacheDecision, ResponseCache, cache_headers, cache_key, decide, replay_stream, tee_stream
 from .conversations import Conversations, parse_session_id
-from .errors import InvalidRequest, PayloadTooLarge, PermissionDenied
+from .errors import PermissionDenied
 from .inference import Endpoint, InferenceService, Prepared
 from .ratelimit import Decision, RateLimiter, estimate_tokens
 from .redisconn import RedisPolicy
@@ -51,7 +51,7 @@ class Pipeline:
     ) -> Response:
         """Answer one request; `session` is the X-Session-ID header, if any."""
         session_id = self._session_id(session, principal)
-        body = await read_body(request, limit=self.inference.settings.max_body_bytes)
+        body = await request.body()  # bounded by BodyLimitMiddleware (413 past CITADEL_MAX_BODY_BYTES)
         prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal)
         # The audit middleware reads these once the response has gone out.
         state: dict[str, Any] = request.scope["state"]
@@ -183,24 +183,6 @@ class Pipeline:
             ),
             fallback=None,
         )
-
-
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (never read whole first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("The Content-Length header is not a number.")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _task(func: Callable[..., Any], *args: Any) -> BackgroundTask:

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ..auth import Permission, Principal, require
-from ..pipeline import read_body
 from ..protocol.common import parse_request
 from ..protocol.vectors import CollectionCreate, DeleteDocumentsRequest, SearchRequest, UpsertRequest
 from ..vectors.service import VectorService, hit_object
@@ -28,7 +27,7 @@ VectorsDep = Annotated[VectorService, Depends(get_vectors)]
 
 
 async def _body(request: Request) -> bytes:
-    return await read_body(request, limit=request.app.state.inference.settings.max_body_bytes)
+    return await request.body()  # bounded by BodyLimitMiddleware (413 past CITADEL_MAX_BODY_BYTES)
 
 
 def _request_id(request: Request) -> str:
