@@ -92,35 +92,46 @@ def available(env: dict[str, str], ref: str) -> bool:
     return result.returncode == 0
 
 
+class ImageUnavailable(RuntimeError):
+    """An image the user chose (a value other than the default) is neither in the engine nor pullable."""
+
+
+def _wanted(configured: dict[str, str], variable: str, default: str) -> tuple[str, bool]:
+    """The image to try for `variable`, and whether the user chose it (a value other than the default, which
+    .env.example also spells out: that one may still be replaced by a stand-in)."""
+    value = configured.get(variable, "").strip()
+    return (value, True) if value and value != default else (default, False)
+
+
+def _chosen_or_default(env: dict[str, str], configured: dict[str, str], variable: str, default: str) -> bool:
+    """True when the image to use is there: the user's choice (which must be there) or the default."""
+    wanted, chosen = _wanted(configured, variable, default)
+    if available(env, wanted):
+        return True
+    if chosen:
+        raise ImageUnavailable(f"{variable}={wanted} is neither in the engine nor pullable")
+    return False
+
+
 def plan(env: dict[str, str], *, cache: Path, configured: dict[str, str] | None = None) -> ImagePlan:
     """Decide (and build what must be built) for every image of the stack. `configured`: the user's own values
-    (their .env); a configured image is used as it is, never replaced by a stand-in."""
+    (their .env); an image the user chose is used as it is, never replaced by a stand-in."""
     configured = configured or {}
     result = ImagePlan()
-    python_image = configured.get("PYTHON_IMAGE") or DEFAULT_PYTHON_IMAGE
-    if not available(env, python_image):
-        if configured.get("PYTHON_IMAGE"):
-            raise RuntimeError(f"PYTHON_IMAGE={python_image} is neither in the engine nor pullable")
+    # The user's choices reach compose through .env itself; the plan adds only what it decides.
+    if not _chosen_or_default(env, configured, "PYTHON_IMAGE", DEFAULT_PYTHON_IMAGE):
         say("no registry: the base images are made from Debian's packages, the wheels come from a wheelhouse")
         for image in (debian.PYTHON, debian.PYTHON_VLLM):
             debian.build(image, env=env, cache=cache / "images")
         result.values.update(PYTHON_IMAGE=debian.PYTHON.tag, VLLM_PYTHON_IMAGE=debian.PYTHON_VLLM.tag)
         wheelhouse.make(cache=cache)
     for standin in standins.STANDINS:
-        wanted = configured.get(standin.variable) or standin.official
-        if available(env, wanted):
-            if wanted != standin.official:
-                result.values[standin.variable] = wanted
-            continue
-        result.values[standin.variable] = standins.build_standin(standin, env=env, cache=cache / "images")
+        if not _chosen_or_default(env, configured, standin.variable, standin.official):
+            result.values[standin.variable] = standins.build_standin(standin, env=env, cache=cache / "images")
     for optional in OPTIONAL:
-        wanted = configured.get(optional.variable) or optional.default
-        if available(env, wanted):
-            if wanted != optional.default:
-                result.values[optional.variable] = wanted
-            continue
-        result.left_out[optional.service] = (
-            f"{optional.service}: no image ({wanted} cannot be pulled); {optional.without_it}"
-        )
-        say(f"leaving out {result.left_out[optional.service]}")
+        if not _chosen_or_default(env, configured, optional.variable, optional.default):
+            result.left_out[optional.service] = (
+                f"{optional.service}: no image ({optional.default} cannot be pulled); {optional.without_it}"
+            )
+            say(f"leaving out {result.left_out[optional.service]}")
     return result

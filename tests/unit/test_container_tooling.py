@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.containers import debian, engine, wheelhouse
+from services.containers import debian, engine, images, wheelhouse
 from services.containers.images import OPTIONAL, ImagePlan
 from tests.support import compose
 
@@ -81,3 +81,14 @@ def test_a_base_image_is_rebuilt_only_when_its_recipe_changes() -> None:
     assert same.recipe() != debian.DebianImage(tag="t:1", packages=("a", "b", "c")).recipe()
     assert same.recipe() != debian.DebianImage(tag="t:1", packages=("a", "b"), setup=("true",)).recipe()
     assert set(debian.PYTHON.packages) < set(debian.PYTHON_VLLM.packages)
+
+
+def test_an_image_the_user_chose_is_kept_and_the_spelled_out_default_may_be_replaced() -> None:
+    default = "redis:7.4-alpine"
+    assert images._wanted({}, "REDIS_IMAGE", default) == (default, False)
+    # .env.example spells the default out: that is no choice, a stand-in may still replace it.
+    assert images._wanted({"REDIS_IMAGE": default}, "REDIS_IMAGE", default) == (default, False)
+    assert images._wanted({"REDIS_IMAGE": "registry.local/redis:7"}, "REDIS_IMAGE", default) == (
+        "registry.local/redis:7",
+        True,
+    )
