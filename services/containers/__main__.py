@@ -39,13 +39,16 @@ def prepare(env_file: Path, out: Path) -> int:
         return 1
     configured = {**read_env(env_file), **{k: v for k, v in os.environ.items() if k.endswith("_IMAGE")}}
     plan = images.plan(docker_env, cache=engine.cache_root(), configured=configured)
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     values = dict(plan.values)
     override = out.with_name("compose.unavailable.yaml")
     if plan.left_out:
         override.write_text(plan.override_yaml())
         files = os.environ.get("COMPOSE_FILE") or configured.get("COMPOSE_FILE") or DEFAULT_COMPOSE_FILE
-        values["COMPOSE_FILE"] = f"{files}:{override.relative_to(ROOT)}"
+        # Compose reads COMPOSE_FILE's paths relative to the project folder (this repository).
+        where = override.relative_to(ROOT) if override.is_relative_to(ROOT) else override
+        values["COMPOSE_FILE"] = f"{files}:{where}"
     else:
         override.unlink(missing_ok=True)
     header = "# Made by `python -m services.containers prepare` (make up): the images this machine can run.\n"
