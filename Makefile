@@ -81,7 +81,7 @@ else
 	$(VENV)/bin/python -m services.stack --migrate-only
 endif
 
-# Docker Compose (compose.yaml; README "Deployment"). Which files compose reads comes from COMPOSE_FILE in
+# Docker Compose (compose.yaml; docs/deployment.md). Which files compose reads comes from COMPOSE_FILE in
 # .env: demo mode by default. `make up` first gives .env (made from .env.example if missing) random values
 # for the required secrets that are still empty, then picks the images (services/containers/images.py): the
 # defaults where they can be pulled; where no registry answers, stand-ins built from Debian's packages and

@@ -10,7 +10,7 @@ What lives here (the request path wires it in; get and put raise Redis errors to
   replay_stream(body)               a stored stream as SSE, event by event
   cache_headers(hit)                `X-Cache: HIT|MISS` and `Cache-Control: private`
 
-Policy (also in the README):
+Policy (also in docs/api.md):
   - Cacheable: embeddings always; chat and text completions when `temperature` is 0 or a `seed` is set,
     or when the client asks with the request header `X-Cache: force` (its own risk: a sampled answer is
     then replayed for the TTL).
