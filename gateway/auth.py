@@ -62,6 +62,9 @@ class Principal:
     allowed_models: frozenset[str] | None = None  # None: every model
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    control_requests_per_minute: int | None = None  # None: the role's default (gateway/ratelimit)
+    vector_quota_collections: int | None = None  # None: the settings' quota (admins: unlimited)
+    vector_quota_documents: int | None = None
     expires_at: datetime | None = None
 
     def can(self, permission: Permission) -> bool:
@@ -115,6 +118,10 @@ def require(permission: Permission) -> AsyncGuard:
             raise AuthenticationFailed()
         if not principal.can(permission):
             raise PermissionDenied(f"This key's role ({principal.role}) may not do this ({permission}).")
+        pipeline = getattr(request.app.state, "pipeline", None)
+        if permission is not Permission.INFERENCE and pipeline is not None:
+            # Every other call counts against the key's control-plane limit (429 when over; gateway/ratelimit).
+            await pipeline.admit_control(principal=principal, state=request.scope["state"])
         return principal
 
     setattr(guard, PERMISSION_ATTR, permission)

@@ -7,6 +7,7 @@
     |   +-- NotFound              404
     +-- AuthenticationFailed      401 authentication_error
     +-- PermissionDenied          403 permission_error
+    |   +-- QuotaExceeded         403 insufficient_quota    (a key's vector storage quota)
     +-- DatabaseUnavailable       503 service_unavailable   (PostgreSQL unreachable or not configured)
     +-- UpstreamError             502 upstream_error        (the model server broke the exchange)
         +-- UpstreamStatus        the upstream's own 4xx/5xx, message sanitised
@@ -101,6 +102,13 @@ class PermissionDenied(APIError):
     status_code = 403
     error_type = "permission_error"
     default_code = "permission_denied"
+
+
+class QuotaExceeded(PermissionDenied):
+    """The key holds as much as its quota allows; deleting frees room."""
+
+    error_type = "insufficient_quota"
+    default_code = "quota_exceeded"
 
 
 class UpstreamError(APIError):

@@ -16,6 +16,28 @@ from .store.db import create_engine, create_sessionmaker, is_connection_error
 from .store.models import AuditEvent
 
 
+def _positive(text: str) -> int:
+    """A limit or quota: a whole number from 1 to 2**31 - 1 (the column is a PostgreSQL integer)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {2**31 - 1}: {value}")
+    return value
+
+
+def _days(text: str) -> float:
+    """A key's lifetime in days: more than 0, at most 100 years."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 36_500:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 36500: {text}")
+    return value
+
+
 def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="create, list and revoke API keys (DATABASE_URL from env or .env)")
     actions = keys.add_subparsers(dest="keys_command", required=True)
@@ -23,9 +45,12 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
     create.add_argument("--models", help="comma-separated models the key may use (default: all)")
-    create.add_argument("--rpm", type=int, help="requests per minute")
-    create.add_argument("--tpm", type=int, help="tokens per minute")
-    create.add_argument("--expires-in-days", type=float)
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--control-rpm", type=_positive, help="control-plane calls per minute")
+    create.add_argument("--max-collections", type=_positive, help="vector collections the key may own")
+    create.add_argument("--max-documents", type=_positive, help="vector documents the key may store")
+    create.add_argument("--expires-in-days", type=_days)
     listing = actions.add_parser("list", help="list keys (prefixes, never secrets)")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     revoke = actions.add_parser("revoke", help="revoke a key by id")
@@ -65,6 +90,9 @@ async def _create(session: AsyncSession, args: argparse.Namespace) -> int:
         allowed_models=models,
         requests_per_minute=args.rpm,
         tokens_per_minute=args.tpm,
+        control_requests_per_minute=args.control_rpm,
+        vector_quota_collections=args.max_collections,
+        vector_quota_documents=args.max_documents,
         expires_at=expires,
     )
     _audit(session, action="keys.create", target=str(row.id))

@@ -56,6 +56,9 @@ def principal_from_row(row: ApiKey) -> Principal:
         allowed_models=frozenset(row.allowed_models) if row.allowed_models is not None else None,
         requests_per_minute=row.requests_per_minute,
         tokens_per_minute=row.tokens_per_minute,
+        control_requests_per_minute=row.control_requests_per_minute,
+        vector_quota_collections=row.vector_quota_collections,
+        vector_quota_documents=row.vector_quota_documents,
         expires_at=row.expires_at,
     )
 

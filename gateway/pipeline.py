@@ -124,6 +124,19 @@ class Pipeline:
         decision = await self._check_limits(principal, model, estimate, state)
         return decision.headers() if decision is not None else {}
 
+    async def admit_control(self, *, principal: Principal, state: dict[str, Any]) -> None:
+        """Count one control-plane call against the caller's control limit; raises the 429 when over. Redis
+        failures follow the limits' fail-open/closed policy, as for the model routes."""
+        if self.limiter is None or self.policy is None:
+            return
+        limiter = self.limiter
+        decision: Decision | None = await self.policy.call(
+            "limits", lambda: limiter.check_control(principal=principal), fallback=None
+        )
+        if decision is not None and not decision.allowed:
+            state["rate_limited"] = decision.limited_by
+            raise decision.error()
+
     async def _check_limits(
         self, principal: Principal, model: str, estimate: int, state: dict[str, Any]
     ) -> Decision | None:

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # Requests per minute per key and model ({"mixtral": "10/minute"}), for every role; default for the rest.
     rate_limit_model_requests: dict[str, str | None] = {}
     rate_limit_model_requests_default: str | None = None
+    # Control-plane calls (every authenticated route but the three inference routes: vectors, usage,
+    # sessions, feedback, models, admin) per key, in a bucket of their own; the key's record first.
+    rate_limit_control_default: str | None = "300/minute"
+    rate_limit_role_control: dict[str, str | None] = {"admin": None}
 
     # Response cache (exact match, per key): deterministic requests (temperature 0 or a seed), embeddings,
     # and requests sent with `X-Cache: force`.
@@ -132,6 +136,13 @@ class Settings(BaseSettings):
     qdrant_prefix: str = Field("citadel_", pattern=r"^[a-z0-9_-]{1,32}$")
     # Documents per upsert request (larger: 413); they are embedded in batches of max_embedding_inputs.
     vector_max_documents: int = Field(512, ge=1)
+    # A document's text plus its metadata, as UTF-8 JSON (larger: 413).
+    vector_max_document_bytes: int = Field(65_536, ge=1024)
+    # Storage quotas of a key's own collections (the key's record first; admin keys have none unless their
+    # record sets one). With the document bound above, a key stores at most quota_documents x
+    # max_document_bytes of text and metadata (50,000 x 64 KiB = 3.2 GiB by default), plus the vectors.
+    vector_quota_collections: int | None = Field(20, ge=1)
+    vector_quota_documents: int | None = Field(50_000, ge=1)
 
 
 def config_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1, 1.5, 2, 3, 5, 10, 30, 60, 120, 300)
 TOKENS_PER_SECOND_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
-RATE_LIMITS = frozenset({"requests", "model_requests", "tokens"})
+RATE_LIMITS = frozenset({"requests", "model_requests", "tokens", "control_requests"})
 RATINGS = ("up", "down", "1", "2", "3", "4", "5")
 
 REQUESTS = Counter(

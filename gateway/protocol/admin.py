@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ..store.models import ApiKey, AuditEvent
 
@@ -19,7 +19,13 @@ class KeyCreate(BaseModel):
     allowed_models: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=100)] | None = None
     requests_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     tokens_per_minute: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
-    expires_at: datetime | None = None
+    # Calls per minute to every route but the inference ones (vectors, usage, sessions, feedback, models, admin).
+    control_requests_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # The key's own vector collections and documents (across them); unset: the server's quotas.
+    vector_quota_collections: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    vector_quota_documents: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    # With a time zone ("2027-01-01T00:00:00Z"): a time without one names no instant.
+    expires_at: AwareDatetime | None = None
 
 
 class KeyOut(BaseModel):
@@ -33,6 +39,9 @@ class KeyOut(BaseModel):
     allowed_models: list[str] | None
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    control_requests_per_minute: int | None
+    vector_quota_collections: int | None
+    vector_quota_documents: int | None
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
@@ -47,6 +56,9 @@ class KeyOut(BaseModel):
             allowed_models=row.allowed_models,
             requests_per_minute=row.requests_per_minute,
             tokens_per_minute=row.tokens_per_minute,
+            control_requests_per_minute=row.control_requests_per_minute,
+            vector_quota_collections=row.vector_quota_collections,
+            vector_quota_documents=row.vector_quota_documents,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
             created_at=row.created_at,

@@ -14,6 +14,7 @@ from ..auth import Principal
 
 DEFAULT_ROLE_REQUESTS: dict[str, str | None] = {"admin": None, "user": "60/minute", "viewer": "60/minute"}
 DEFAULT_ROLE_TOKENS: dict[str, str | None] = {"admin": None}
+DEFAULT_ROLE_CONTROL: dict[str, str | None] = {"admin": None}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class LimitConfig:
     role_tokens: Mapping[str, str | None] = field(default_factory=lambda: dict(DEFAULT_ROLE_TOKENS))
     model_requests_default: str | None = None
     model_requests: Mapping[str, str | None] = field(default_factory=dict)
+    control_default: str | None = "300/minute"
+    role_control: Mapping[str, str | None] = field(default_factory=lambda: dict(DEFAULT_ROLE_CONTROL))
     key_prefix: str = "citadel:rl"
 
     @classmethod
@@ -39,13 +42,16 @@ class LimitConfig:
             role_tokens=getattr(settings, "rate_limit_role_tokens", base.role_tokens),
             model_requests_default=getattr(settings, "rate_limit_model_requests_default", None),
             model_requests=getattr(settings, "rate_limit_model_requests", base.model_requests),
+            control_default=getattr(settings, "rate_limit_control_default", base.control_default),
+            role_control=getattr(settings, "rate_limit_role_control", base.role_control),
             key_prefix=getattr(settings, "rate_limit_key_prefix", base.key_prefix),
         )
 
     def validate(self) -> None:
         """Parse every limit string once, so a typo fails at startup (ValueError), not on a request."""
-        strings = [self.requests_default, self.tokens_default, self.model_requests_default]
+        strings = [self.requests_default, self.tokens_default, self.model_requests_default, self.control_default]
         strings += [*self.role_requests.values(), *self.role_tokens.values(), *self.model_requests.values()]
+        strings += [*self.role_control.values()]
         for text in strings:
             if text is not None:
                 limits.parse(text)
@@ -83,6 +89,12 @@ def resolve_limits(config: LimitConfig, principal: Principal, model: str | None)
         text = config.model_requests.get(model, config.model_requests_default)
         model_requests = limits.parse(text) if text is not None else None
     return LimitPlan(requests=requests, model_requests=model_requests, tokens=tokens)
+
+
+def resolve_control(config: LimitConfig, principal: Principal) -> RateLimitItem | None:
+    """The caller's control-plane limit: the key record's, else the role default, else config."""
+    control = _per_minute(principal.control_requests_per_minute)
+    return control if control is not None else _pick(str(principal.role), config.role_control, config.control_default)
 
 
 def estimate_tokens(*, text_chars: int, max_tokens: int | None, default_max_tokens: int = 256) -> int:

@@ -37,7 +37,7 @@ class Decision:
     requests: UsageCounters | None = None
     tokens: UsageCounters | None = None
     retry_after: int | None = None  # whole seconds >= 1, only when refused
-    limited_by: str | None = None  # "requests", "model_requests" or "tokens", only when refused
+    limited_by: str | None = None  # "requests", "model_requests", "tokens" or "control_requests", when refused
     model: str | None = None
     charged_tokens: int = 0  # what check() counted against the tokens limit (0 when refused or unlimited)
     tokens_window: int | None = None  # window index of the charge, for settle()
@@ -57,6 +57,12 @@ class Decision:
                     " lower max_tokens or shorten the input."
                 )
             error_type = "tokens"
+        elif self.limited_by == "control_requests":
+            message = (
+                "Rate limit reached for control-plane calls (vectors, usage, sessions, feedback, models, admin)."
+                " Please try again later."
+            )
+            error_type = "requests"
         elif self.limited_by == "model_requests":
             message = f"Rate limit reached for requests to model '{self.model}'. Please try again later."
             error_type = "requests"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+from limits import RateLimitItem
 from redis.asyncio import Redis
 
 from ..auth import Principal
-from .config import LimitConfig, LimitPlan, resolve_limits
+from .config import LimitConfig, LimitPlan, resolve_control, resolve_limits
 from .decision import Decision, UsageCounters
 from .scripts import CHECK_LUA, SETTLE_LUA
 
@@ -23,6 +24,7 @@ class RateLimiter:
         self._check = redis.register_script(CHECK_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
         self._plans: dict[tuple[Principal, str | None], tuple[LimitPlan, tuple[str, ...]]] = {}
+        self._control: dict[Principal, tuple[RateLimitItem | None, str]] = {}
 
     @property
     def config(self) -> LimitConfig:
@@ -98,6 +100,32 @@ class RateLimiter:
             limited_by=refused_kind,
             model=model,
             too_large=refused_kind == "tokens" and estimated_tokens > state["tokens"][0].limit,
+        )
+
+    async def check_control(self, *, principal: Principal) -> Decision:
+        """Count one control-plane call (vectors, usage, sessions, feedback, models, admin) against the caller's
+        control limit, a bucket of its own (one EVALSHA; none when unlimited). Redis errors propagate."""
+        found = self._control.get(principal)
+        if found is None:
+            item = resolve_control(self._config, principal)
+            name = item.key_for(self._config.key_prefix, "{" + str(principal.key_id) + "}", "ctl") if item else ""
+            if len(self._control) >= 10_000:
+                self._control.clear()
+            found = self._control[principal] = (item, name)
+        item, name = found
+        if item is None:
+            return _ALLOWED
+        reply = await self._check(keys=[name], args=[f"{item.amount},{item.get_expiry() * 1000},1"])
+        values = reply.split(b"," if isinstance(reply, bytes) else ",")
+        allowed, _, used, reset_ms, retry_ms, _ = (int(v) for v in values)
+        counters = UsageCounters(limit=item.amount, remaining=item.amount - used, reset_s=reset_ms / 1000)
+        if allowed == 1:
+            return Decision(allowed=True, requests=counters)
+        return Decision(
+            allowed=False,
+            requests=counters,
+            retry_after=max(1, math.ceil(retry_ms / 1000)),
+            limited_by="control_requests",
         )
 
     async def settle(self, *, principal: Principal, charged: int, actual: int, window: int | None = None) -> None:

@@ -32,6 +32,9 @@ async def create_key(
     allowed_models: list[str] | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    control_requests_per_minute: int | None = None,
+    vector_quota_collections: int | None = None,
+    vector_quota_documents: int | None = None,
     expires_at: datetime | None = None,
     created_by: uuid.UUID | None = None,
 ) -> tuple[ApiKey, str]:
@@ -45,6 +48,9 @@ async def create_key(
         allowed_models=allowed_models,
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
+        control_requests_per_minute=control_requests_per_minute,
+        vector_quota_collections=vector_quota_collections,
+        vector_quota_documents=vector_quota_documents,
         expires_at=expires_at,
         created_by=created_by,
     )

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from qdrant_client import models
 
 from ..auth import Principal
@@ -29,6 +30,7 @@ from ..settings import Settings
 from .embedder import Embedder
 from .errors import CollectionExists, DimensionMismatch
 from .filters import OWNER_FIELD, metadata_conditions, owned
+from .quotas import StorageQuota, check_new_collection, check_new_documents
 from .store import SHARED, CollectionInfo, QdrantStore
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,8 @@ class VectorService:
         self.embedder.spec(model)
         if not principal.may_use(model):
             raise model_not_allowed(model)
+        if not request.shared:
+            await check_new_collection(self.store, principal, StorageQuota.of(principal, self.settings))
         dimensions = await self._dimensions(model, request_id=request_id)
         owner = SHARED if request.shared else str(principal.key_id)
         return await self.store.create(
@@ -232,11 +236,23 @@ class VectorService:
         ids = [doc.id or uuid.uuid4().hex for doc in documents]
         if len(set(ids)) != len(ids):
             raise InvalidRequest("Two documents in one request have the same id.", param="documents")
+        limit = self.settings.vector_max_document_bytes
         for index, doc in enumerate(documents):
             if doc.vector is not None:
                 self._check_dimensions(info, doc.vector, param=f"documents.{index}.vector")
-        usage: dict[str, Any] = {"prompt_tokens": 0, "total_tokens": 0}
+            if len(doc.text.encode()) + len(orjson.dumps(doc.metadata)) > limit:
+                raise PayloadTooLarge(
+                    f"Document {index} has more than {limit} bytes of text and metadata.", param=f"documents.{index}"
+                )
         to_embed = [doc.text for doc in documents if doc.vector is None]
+        if to_embed:
+            self._check_may_embed(principal, info, param="documents")
+        if info.owner == str(principal.key_id):  # the key's own collection: its document quota applies
+            existing = await self.store.retrieve(name, ids=[point_id(doc_id) for doc_id in ids])
+            await check_new_documents(
+                self.store, principal, StorageQuota.of(principal, self.settings), adding=len(ids) - len(existing)
+            )
+        usage: dict[str, Any] = {"prompt_tokens": 0, "total_tokens": 0}
         embedded = iter(
             await self.embedder.embed(to_embed, model=info.model, request_id=request_id, usage=usage)
             if to_embed
@@ -256,6 +272,18 @@ class VectorService:
         return ids, usage
 
     @staticmethod
+    def _check_may_embed(principal: Principal, info: CollectionInfo, *, param: str) -> None:
+        """Embedding text runs the collection's embedding model for this key: its allow-list must name it."""
+        if not principal.may_use(info.model):
+            denied = model_not_allowed(info.model)
+            raise PermissionDenied(
+                f"{denied.message} Texts in '{info.name}' are embedded with it; send vectors instead, or ask an "
+                "admin to allow the model.",
+                param=param,
+                code=denied.code,
+            )
+
+    @staticmethod
     def _check_dimensions(info: CollectionInfo, vector: list[float], *, param: str) -> None:
         if len(vector) != info.dimensions:
             raise DimensionMismatch(
@@ -271,6 +299,7 @@ class VectorService:
             raise InvalidRequest("Send either 'query' (a text) or 'vector', not both.", param="query")
         return await self.search_in(
             info,
+            principal=principal,
             query=request.query,
             vector=request.vector,
             top_k=request.top_k,
@@ -283,6 +312,7 @@ class VectorService:
         self,
         info: CollectionInfo,
         *,
+        principal: Principal,
         query: str | None,
         vector: list[float] | None,
         top_k: int,
@@ -295,6 +325,7 @@ class VectorService:
         usage: dict[str, Any] = {"prompt_tokens": 0, "total_tokens": 0}
         if vector is None:
             assert query is not None
+            self._check_may_embed(principal, info, param="query")
             vector = (await self.embedder.embed([query], model=info.model, request_id=request_id, usage=usage))[0]
         self._check_dimensions(info, vector, param="vector")
         hits = await self.store.search(

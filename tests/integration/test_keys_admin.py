@@ -97,6 +97,12 @@ async def test_expired_key_stops_working(db_gateway: DbGateway) -> None:
         ("POST", "/admin/keys", {"name": "x", "allowed_models": ["gpt-17"]}, 400),
         ("POST", "/admin/keys", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, 400),
         ("POST", "/admin/keys", {"name": "x", "surprise": 1}, 400),
+        # A time without a zone names no instant.
+        ("POST", "/admin/keys", {"name": "x", "expires_at": "2030-01-01T00:00:00"}, 400),
+        ("POST", "/admin/keys", {"name": "x", "expires_at": "9999-12-31T23:59:59+14:00"}, 201),
+        ("POST", "/admin/keys", {"name": "x", "control_requests_per_minute": 0}, 400),
+        ("POST", "/admin/keys", {"name": "x", "vector_quota_collections": 2**31}, 400),
+        ("GET", f"/admin/keys?offset={2**64}", None, 400),
         ("POST", "/admin/keys", {"name": ""}, 400),
         # Values the database refuses: one translation to 400 (never a 500).
         ("POST", "/admin/keys", {"name": "nul\u0000byte"}, 400),
@@ -110,7 +116,8 @@ async def test_bad_admin_input_is_a_clear_4xx(
 ) -> None:
     response = await db_gateway.client.request(method, path, json=body, headers=db_gateway.headers())
     assert response.status_code == status, response.text
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    if status >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 async def wait_for_audit(gw: DbGateway, query: str, count: int) -> list[dict[str, object]]:

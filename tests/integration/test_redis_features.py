@@ -152,3 +152,23 @@ async def test_redis_down_under_load_fails_open_and_recovers(
         assert "x-ratelimit-remaining-requests" in back[-1].headers
         # Generous bound: a dead Redis costs milliseconds, not the seconds of a socket timeout.
         assert per_request < 0.5
+
+
+async def test_control_plane_calls_have_their_own_limit(gw: DbGateway) -> None:
+    """Usage, sessions, models and vector calls count against `control_requests_per_minute`, apart from the model
+    routes' budget: a key that used up its control calls still chats, and one that chatted still lists."""
+    away_from_minute_edge()
+    name = f"ctl-{uuid.uuid4().hex[:6]}"
+    key = str((await gw.create_key(name=name, role="user", control_requests_per_minute=3))["key"])
+    paths = ["/v1/usage", "/v1/sessions", "/v1/models", "/v1/vectors/collections"]
+    answers = [await gw.client.get(path, headers=gw.headers(key)) for path in paths]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    limited = answers[3]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "control-plane" in error["message"]
+    assert (await post(gw, key, CHAT)).status_code == 200  # the model routes keep their own budget
+    # Admin keys have no control limit by default.
+    for _ in range(5):
+        assert (await gw.client.get("/admin/keys", headers=gw.headers())).status_code == 200
