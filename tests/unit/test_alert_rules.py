@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 
 from gateway.catalog import load_catalog
 from services import prometheus_rules
-from tests.support.promql import PROMETHEUS_DIR, ROOT, require_binary, rules
+from tests.support.promql import PROMETHEUS_DIR, ROOT, metric_names, require_binary, rules
 
 ALERTMANAGER_FILE = ROOT / "config" / "alertmanager" / "alertmanager.yml"
 # What issue 7 asks to be alerted on, by alert name.
@@ -25,6 +26,10 @@ REQUIRED_ALERTS = {
     "CitadelRateLimiterFailingOpen",
     "CitadelDependencyDown",
 }
+# Issue 14 part 7: each model's latency, error ratio and generation speed against its own baseline.
+ANOMALY_ALERTS = {"CitadelModelLatencyAnomaly", "CitadelModelErrorRateAnomaly", "CitadelModelThroughputAnomaly"}
+ANOMALY_RULES = PROMETHEUS_DIR / "rules" / "anomalies.yml"
+OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -73,6 +78,39 @@ def test_every_alert_has_a_test_that_fires_it_and_one_where_it_stays_quiet() -> 
     alerts = {rule.name for rule in rules() if rule.alert}
     assert alerts - fires == set(), "alerts no test fires"
     assert alerts - quiet == set(), "alerts with no healthy test case"
+
+
+def test_anomaly_alerts_exist_and_point_to_their_runbook() -> None:
+    alerts = {rule.name: rule for rule in rules() if rule.alert and rule.file == ANOMALY_RULES.name}
+    assert set(alerts) == ANOMALY_ALERTS
+    assert "## Anomaly alerts" in OBSERVABILITY_DOC.read_text()
+    for rule in alerts.values():
+        # A heads-up for the chat channel, not a page: the static alerts page for outright failures.
+        assert rule.labels == {"severity": "warning"}, rule.name
+        assert rule.annotations["runbook_url"] == "docs/observability.md#anomaly-alerts", rule.name
+        assert "{{ $labels.model }}" in rule.annotations["summary"], rule.name
+
+
+def test_anomaly_rules_keep_only_the_model_label() -> None:
+    # Per model and nothing else: no replica, key or other unbounded label reaches the recorded series.
+    for rule in rules():
+        if rule.file != ANOMALY_RULES.name:
+            continue
+        for clause, labels in re.findall(r"\b(by|without|on)\s*\(([^()]*)\)", rule.expr):
+            allowed = {"by": {"model", "le"}, "without": {"day"}, "on": {"model"}}[clause]
+            assert {label.strip() for label in labels.split(",")} <= allowed, f"{rule.name}: {clause} ({labels})"
+
+
+def test_anomaly_rules_read_series_recorded_earlier_in_their_own_group() -> None:
+    # Rules of one group run in order at the same timestamp; separate groups run on their own timers. So a
+    # z-score never mixes a signal and a baseline of different evaluations.
+    recorded = {rule.name for rule in rules() if not rule.alert}
+    for group in yaml.safe_load(ANOMALY_RULES.read_text())["groups"]:
+        seen: set[str] = set()
+        for rule in (rule for rule in group["rules"] if "record" in rule):
+            used = metric_names(rule["expr"]) & recorded
+            assert used <= seen, f"{rule['record']} reads {used - seen} before they are recorded in {group['name']}"
+            seen.add(rule["record"])
 
 
 def test_latency_rules_are_generated_from_the_current_models_file() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.support.promql import (
     metric_names,
     panels,
     require_binary,
+    rules,
     used_metric_names,
 )
 
@@ -140,3 +142,26 @@ def test_every_metric_name_used_is_in_the_contract() -> None:
         if base_name(name) not in GATEWAY_METRICS | VLLM_METRICS and name not in GATEWAY_METRICS | VLLM_METRICS
     }
     assert unknown == {}
+
+
+def shown_alerts(expr: str) -> set[str]:
+    """The alert names a query's ALERTS{alertname="A"} or {alertname=~"A|B"} selects."""
+    return {name for names in re.findall(r'alertname=~?"([^"]*)"', expr) for name in names.split("|")}
+
+
+def test_every_alert_name_a_dashboard_shows_is_a_rule() -> None:
+    # A renamed alert would leave an empty panel.
+    alerts = {rule.name for rule in rules() if rule.alert}
+    for where, expr in dashboard_queries():
+        assert shown_alerts(expr) <= alerts, where
+
+
+def test_dashboards_show_the_anomaly_z_scores_and_alerts() -> None:
+    # Issue 14 part 7: every z-score and the state of every anomaly alert, on both dashboards.
+    zscores = {rule.name for rule in rules() if not rule.alert and rule.name.endswith(":zscore")}
+    anomaly_alerts = {rule.name for rule in rules() if rule.alert and rule.file == "anomalies.yml"}
+    assert len(zscores) == len(anomaly_alerts) == 3
+    for file in dashboards():
+        queries = [expr for where, expr in dashboard_queries() if where.startswith(f"{file}: ")]
+        assert zscores <= set().union(*(metric_names(expr) for expr in queries)), file
+        assert anomaly_alerts <= set().union(*(shown_alerts(expr) for expr in queries)), file
