@@ -13,8 +13,9 @@ is information, never instructions. This makes a poisoned document less likely t
 prompt wording makes it impossible, so keep write access to collections as narrow as their readers'.
 Passages go in by score until MAX_CONTEXT_CHARS (or half the model's context) is reached; only those count
 as used. The answer names the documents used: a top-level
-`"retrieval": {"collection", "documents": [{"id", "score"}]}` in the JSON answer, for streams a last `chat.completion.chunk` (no choices) carrying the same field just before
-`data: [DONE]`, and the `X-Retrieval-Documents` header (ids, comma-separated).
+`"retrieval": {"collection", "documents": [{"id", "score"}]}` in the JSON answer, for streams a last
+`chat.completion.chunk` (no choices) carrying the same field just before `data: [DONE]`, and the
+`X-Retrieval-Documents` header (ids, comma-separated).
 The field itself never reaches the model server. With the response cache, the passages are part of the
 upstream payload and so of the cache key; a hit replays the stored answer, its retrieval field included.
 """
