@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import __version__
-from .api import admin, feedback, health, openai, sessions, usage, vectors
+from .api import admin, feedback, health, openai, reload, sessions, usage, vectors
+from .api.openapi_schema import install_openapi
 from .api.status import STATUS_DATA_PATH, STATUS_PATH, status_router
 from .audit.middleware import AuditMiddleware
 from .audit.writer import AuditLog
@@ -36,6 +37,7 @@ from .pipeline import Pipeline
 from .ratelimit import LimitConfig, RateLimiter
 from .readiness import Dependency, Readiness
 from .redisconn import RedisPolicy, create_redis
+from .reload import Reloader
 from .revocation import RevocationListener
 from .settings import Settings, config_environment
 from .store.db import asyncpg_dsn, create_engine, create_sessionmaker, is_connection_error
@@ -49,7 +51,16 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
 # Scrapes and status polling are not API use: no audit rows, no request metrics.
 UNAUDITED_PATHS = frozenset({"/health", "/health/ready", METRICS_PATH, STATUS_PATH, STATUS_DATA_PATH})
-ROUTERS = (health.router, openai.router, usage.router, sessions.router, admin.router, vectors.router, feedback.router)
+ROUTERS = (
+    health.router,
+    openai.router,
+    usage.router,
+    sessions.router,
+    admin.router,
+    reload.router,
+    vectors.router,
+    feedback.router,
+)
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
@@ -57,6 +68,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     settings = settings or Settings()  # type: ignore[call-arg]
     catalog = catalog or load_catalog(settings.config_path, profile=settings.profile, env=config_environment())
     status_board = StatusBoard(catalog)
+    observer = RequestObserver(catalog, log_payloads=settings.log_payloads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,9 +135,22 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 app.state.status_board = status_board
                 await background.enter_async_context(status_board.running(before=lambda: refresh_audit_gauges(app)))
                 app.state.readiness = _readiness(app, settings, catalog, pool)
+                # config/models.yaml again on POST /admin/reload, SIGHUP or another worker's word (gateway/reload.py).
+                app.state.reloader = Reloader(
+                    settings=settings,
+                    inference=inference,
+                    readiness=app.state.readiness,
+                    status_board=status_board,
+                    observer=observer,
+                    vectors=app.state.vectors,
+                    db_sessions=db_sessions,
+                    audit=audit,
+                    redis=redis,
+                )
+                await background.enter_async_context(app.state.reloader.running())
                 await background.enter_async_context(
                     housekeeping(
-                        catalog=catalog,
+                        catalog=lambda: inference.catalog,
                         db_sessions=db_sessions,
                         audit_dsn=asyncpg_dsn(database_url) if database_url else None,
                         retention_days=settings.audit_retention_days,
@@ -166,12 +191,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     public_paths = PUBLIC_PATHS | {STATUS_PATH}
     public_paths |= {METRICS_PATH} if settings.metrics_public else set()
     public_paths |= {STATUS_DATA_PATH} if settings.status_page_public else set()
+    install_openapi(app, public_paths=public_paths)
     # The last added is the outermost: request id, then audit (sees every answer, 401s included), then the
     # HTTP-layer metrics, then auth, then the body bound (after auth: nothing of a keyless body is read).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
     instrument_http(app)
-    observer = RequestObserver(catalog, log_payloads=settings.log_payloads)
     app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS, observer=observer)
     app.add_middleware(RequestIdMiddleware)
     return app

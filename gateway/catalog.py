@@ -5,16 +5,34 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# vLLM's tool-call parser names (hermes, mistral, llama3_json, pythonic, ...): checked by vLLM at start-up.
+ToolCallParser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# How strictly vLLM holds tool calls to the tools' schemas (--tool-strict-level): `parameter` constrains the call
+# markup, the function name and the arguments (as if every tool were `strict: true`) wherever vLLM uses its
+# structured decoding for calls (tool_choice required or named, and an `auto` call once it has started).
+TOOL_STRICT_LEVEL = "parameter"
+
+
 class ConfigError(ValueError):
     """The models file is missing, malformed or inconsistent."""
+
+
+def tool_call_args(parser: str | None, chat_template: str | None) -> list[str]:
+    """The vLLM flags for a server's tool calling and chat template (also services/vllm/entrypoint.py's)."""
+    args = []
+    if parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser, "--tool-strict-level", TOOL_STRICT_LEVEL]
+    if chat_template:
+        args += ["--chat-template", chat_template]
+    return args
 
 
 def expand_env(value: Any, env: dict[str, str]) -> Any:
@@ -81,11 +99,21 @@ class ModelSpec(BaseModel):
     price_per_1k_completion_tokens: float = Field(0.0, ge=0)
     # Long generations on big models are legitimate: each model may wait longer (or less) than the default.
     timeouts: Timeouts = Timeouts(connect_s=None, first_byte_s=None, total_s=None)
+    # Tool calling (docs/api.md "Tool calling and structured outputs"): vLLM's tool-call parser for the weights'
+    # tool format (none: the model is served without tool calling, and the gateway refuses tool_choice other
+    # than "none"), and the chat template that shows the model its tools (a file; default: the weights' own).
+    tool_call_parser: ToolCallParser | None = None
+    chat_template: str | None = None
 
     @field_validator("backends", mode="before")
     @classmethod
     def _backends(cls, value: Any) -> list[str]:
         return _split_urls(value)
+
+    @field_validator("tool_call_parser", "chat_template", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def upstream_name(self) -> str:
@@ -106,7 +134,16 @@ class ServerSpec(BaseModel):
     max_model_len: int
     kv_cache_gb: float = 1
     cpus: float | None = None
+    # Set from the fields below (tool_call_args) and the profile's own `args`: everything stack.py adds to the
+    # vLLM command beyond the model, names, address, context and KV cache.
     args: list[str] = []
+    tool_call_parser: ToolCallParser | None = None
+    chat_template: str | None = None
+
+    @field_validator("tool_call_parser", "chat_template", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def url(self) -> str:
@@ -137,10 +174,22 @@ def _default_servers(models: dict[str, ModelSpec]) -> list[ServerSpec]:
             max_model_len=spec.max_model_len,
             kv_cache_gb=spec.kv_cache_gb,
             cpus=spec.cpus,
-            args=["--runner", "pooling"] if spec.kind == "embedding" else [],
+            args=[
+                *(["--runner", "pooling"] if spec.kind == "embedding" else []),
+                *tool_call_args(spec.tool_call_parser, spec.chat_template),
+            ],
+            tool_call_parser=spec.tool_call_parser,
+            chat_template=spec.chat_template,
         )
         for spec in models.values()
     ]
+
+
+def _profile_server(name: str, host: str, fields: dict[str, Any]) -> ServerSpec:
+    """A profile's server: its own `args`, then the tool-calling flags of its own fields."""
+    server = ServerSpec(name=name, host=host, **fields)
+    extra = tool_call_args(server.tool_call_parser, server.chat_template)
+    return server.model_copy(update={"args": [*server.args, *extra]}) if extra else server
 
 
 def _apply_profile(
@@ -148,9 +197,7 @@ def _apply_profile(
 ) -> tuple[dict[str, ModelSpec], list[ServerSpec]]:
     """Point each model at the profile's server that serves it; its first name is the upstream name."""
     host = str(raw_profile.get("host", "127.0.0.1"))
-    servers = [
-        ServerSpec(name=name, host=host, **fields) for name, fields in (raw_profile.get("servers") or {}).items()
-    ]
+    servers = [_profile_server(name, host, fields) for name, fields in (raw_profile.get("servers") or {}).items()]
     served_by: dict[str, ServerSpec] = {}
     for server in servers:
         for model_name in server.serves:
@@ -171,6 +218,9 @@ def _apply_profile(
                 # A small server cannot generate more than its context allows.
                 "max_tokens": min(spec.max_tokens, serving.max_model_len),
                 "max_model_len": serving.max_model_len,
+                # What the server that answers runs decides what a request may ask for.
+                "tool_call_parser": serving.tool_call_parser,
+                "chat_template": serving.chat_template,
             }
         )
     return rewired, servers

@@ -1,5 +1,7 @@
 """The `citadel` command: run the gateway (`serve`), migrate its database (`migrate`, `downgrade`), and
-manage API keys (`keys create|list|revoke`)."""
+manage API keys (`keys create|list|revoke`), apply config/models.yaml to a running gateway (`reload`:
+gateway/reload_cli.py), back up and restore the database and vectors (`backup`, `restore`: gateway/backup/cli.py),
+and check a host or a running gateway (`doctor`: gateway/doctor/)."""
 
 from __future__ import annotations
 
@@ -14,14 +16,13 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from .keys_cli import add_keys_parser
+from .reload_cli import add_reload_parser, run_server
 
 if TYPE_CHECKING:
     from .settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .catalog import ConfigError, load_catalog
     from .settings import Settings, config_environment, describe_settings_error
 
@@ -45,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_dir = _metrics_dir() if workers > 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
     proxy_headers, forwarded_allow_ips = proxy_options(settings)
     try:
-        uvicorn.run(
+        run_server(  # uvicorn.run(); with several workers, SIGHUP reaches each (each reloads config/models.yaml)
             "gateway.app:create_app",
             factory=True,
             host=args.host or settings.host,
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     downgrade.set_defaults(handler=_migrate)
     add_keys_parser(commands)
     commands.choices["keys"].set_defaults(handler=_keys)
+    add_reload_parser(commands)  # `citadel reload`
+    __import__("gateway.validate.cli", fromlist=["cli"]).add_validate_parser(commands)  # `citadel validate`
+    __import__("gateway.backup.cli", fromlist=["cli"]).add_backup_parsers(commands)  # `citadel backup|restore`
+    __import__("gateway.doctor.cli", fromlist=["cli"]).add_doctor_parser(commands)  # `citadel doctor`
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

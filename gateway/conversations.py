@@ -81,6 +81,8 @@ class Conversations:
         reply = answer.get("message")
         if reply is None and answer.get("parts") is not None:
             reply = {"role": "assistant", "content": "".join(answer["parts"])}
+            if answer.get("tool_calls"):  # a streamed answer's tool calls, by their index
+                reply["tool_calls"] = [call for _, call in sorted(answer["tool_calls"].items())]
         if reply is None or self._sessions is None:
             return  # the request failed: nothing to remember
         try:

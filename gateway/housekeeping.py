@@ -49,20 +49,21 @@ async def _every(interval_s: float, job: Callable[[], Awaitable[None]], what: st
 @contextlib.asynccontextmanager
 async def housekeeping(
     *,
-    catalog: Catalog,
+    catalog: Callable[[], Catalog],
     db_sessions: async_sessionmaker[AsyncSession] | None,
     audit_dsn: str | None,
     retention_days: int,
     health_interval_s: float = 60.0,
     retention_interval_s: float = 3600.0,
 ) -> AsyncIterator[None]:
-    """Run the periodic jobs for as long as the app runs (nothing without a database)."""
+    """Run the periodic jobs for as long as the app runs (nothing without a database); `catalog()` is the
+    catalogue in force (a config reload may replace it)."""
     tasks: list[asyncio.Task[None]] = []
     if db_sessions is not None:
         sessions = db_sessions
 
         async def health() -> None:
-            status = await probe_models(catalog)
+            status = await probe_models(catalog())
             async with sessions() as session:
                 await record_health(session=session, healthy=status)
 

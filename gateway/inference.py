@@ -22,6 +22,7 @@ from .protocol.chat import ChatCompletionRequest
 from .protocol.common import encode_for_upstream, parse_request
 from .protocol.completions import CompletionRequest
 from .protocol.embeddings import EmbeddingRequest
+from .protocol.tools import NamedToolChoice, tools_problem
 from .settings import Settings
 from .upstream.pool import UpstreamPool
 from .upstream.sse import relay_stream
@@ -56,11 +57,12 @@ class Prepared:
 
 def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> int:
     """The most tokens a request's answer can cost, charged up front and settled to the real usage afterwards:
-    per choice the `max_tokens` asked for or, when unset, all the model may write (its limit, within its
-    context); times the choices (`n`, `best_of`) and the prompts of a list. Embeddings generate nothing."""
+    per choice the `max_tokens` asked for or, when unset, all the model server may write (the rest of its context:
+    a model's `max_tokens` bounds what may be asked, and vLLM writes up to the context when nothing is); times the
+    choices (`n`, `best_of`) and the prompts of a list. Embeddings generate nothing."""
     if endpoint == "embeddings":
         return 0
-    per_choice = data.get("max_completion_tokens") or data.get("max_tokens") or min(spec.max_tokens, spec.max_model_len)
+    per_choice = data.get("max_completion_tokens") or data.get("max_tokens") or spec.max_model_len
     choices = max(data.get("n") or 1, data.get("best_of") or 1)
     prompt = data.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
@@ -117,6 +119,8 @@ class InferenceService:
             self._check_embedding(request)
         else:
             self._check_generation(data, spec)
+        if isinstance(request, ChatCompletionRequest):
+            self._check_tools(request, spec)
         new_messages: list[dict[str, Any]] = []
         if history is not None and endpoint == "chat":
             new_messages = data["messages"]
@@ -154,8 +158,44 @@ class InferenceService:
                 raise InvalidRequest(
                     f"'{name}' is {asked}, above this server's limit of {self.settings.max_n}.", param=name
                 )
+        min_tokens = data.get("min_tokens")
+        if min_tokens is not None:
+            most = min(data.get("max_completion_tokens") or data.get("max_tokens") or spec.max_tokens, spec.max_tokens)
+            if min_tokens > most:
+                raise InvalidRequest(
+                    f"'min_tokens' is {min_tokens}, above the {most} tokens this request may generate "
+                    f"on the model '{spec.name}'.",
+                    param="min_tokens",
+                )
         if data.get("temperature") is None:
             data["temperature"] = spec.temperature
+
+    def _check_tools(self, request: ChatCompletionRequest, spec: ModelSpec) -> None:
+        """Tools that agree with tool_choice, and a model served with tool calling for any choice but "none"."""
+        problem = tools_problem(request.tools, request.tool_choice)
+        if problem is not None:
+            param, message = problem
+            raise InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
+        if request.structured_outputs is not None and isinstance(request.tool_choice, NamedToolChoice):
+            raise InvalidRequest(
+                "'structured_outputs' cannot be combined with a named 'tool_choice': the call's arguments already "
+                "follow the function's schema.",
+                param="structured_outputs",
+            )
+        # vLLM defaults tool_choice to "auto" when tools are given.
+        choice = request.tool_choice if request.tool_choice is not None else ("auto" if request.tools else "none")
+        if choice == "none" or spec.tool_call_parser:
+            return
+        able = ", ".join(name for name, model in self.catalog.models.items() if model.tool_call_parser) or "none"
+        asked = f"'{choice}'" if isinstance(choice, str) else f"a named function ('{choice.function.name}')"
+        default = " (the default when 'tools' are given)" if request.tool_choice is None else ""
+        raise InvalidRequest(
+            f"The model '{spec.name}' is served without tool calling (no tool-call parser in its configuration), so "
+            f"it cannot take tool_choice {asked}{default}. Send tool_choice 'none', or use a model with tool "
+            f"calling: {able}.",
+            param="tool_choice",
+            code="tool_calling_unsupported",
+        )
 
     def _check_embedding(self, request: EmbeddingRequest) -> None:
         count = request.input_count()
@@ -223,5 +263,9 @@ def _renamed(
     if answer is not None and parsed.get("choices"):
         message = parsed["choices"][0].get("message")
         if isinstance(message, dict):
-            answer["message"] = {"role": "assistant", "content": message.get("content") or ""}
+            reply: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+            if message.get("tool_calls"):
+                # Kept with the reply, so the session's next turn can answer the calls with `tool` messages.
+                reply["tool_calls"] = message["tool_calls"]
+            answer["message"] = reply
     return orjson.dumps(parsed)

@@ -47,6 +47,11 @@ class Readiness:
     _cached: tuple[float, dict[str, Any]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def use_models(self, models: list[str]) -> None:
+        """Check these models from now on (a config reload added or removed some); the cached result is dropped."""
+        self.models = models
+        self._cached = None
+
     async def report(self) -> dict[str, Any]:
         """The readiness document (cached for `cache_s`; concurrent callers share one round of checks)."""
         async with self._lock:

@@ -16,12 +16,13 @@ has no password and may only connect through the Unix socket in the data folder 
 `ensure_database()` administers it; every TCP client authenticates with a password.
 
     python -m services.postgres --data-dir .cache/citadel/postgres --port 5432   # POSTGRES_PASSWORD or --password
+
+`server` is its services.local_server.LocalServer (a process group of its own), which the stack runner supervises.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import os
@@ -33,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
+
+from services.local_server import LocalServer
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
@@ -85,7 +88,17 @@ class LocalPostgres:
         self.database = database
         self.host = host
         self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
-        self.process: subprocess.Popen[bytes] | None = None
+        # Its command is known once the data folder is initialised (initialize() fills it in).
+        self.server = LocalServer(
+            "postgres",
+            [],
+            log_path=self.log_path,
+            ready_check=self.is_ready,
+            stop_signal=signal.SIGINT,  # fast shutdown: SIGTERM (smart) would wait for every client to leave
+            stop_grace_s=30.0,
+            ready_timeout_s=10.0,
+            poll_s=0.02,
+        )
 
     # ---- addresses -------------------------------------------------------------------------------------
 
@@ -164,6 +177,7 @@ class LocalPostgres:
             created = True
         if self.socket_dir != self.data_dir:
             self._own_folder(self.socket_dir)
+        self.server.command = self.command()
         return created
 
     def _initdb(self) -> None:
@@ -188,23 +202,11 @@ class LocalPostgres:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Initialise if needed, start the server in the background and wait until it accepts connections."""
-        if self.process is not None and self.process.poll() is None:
+        if self.server.running:
             return
         self.initialize()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd="/", start_new_session=True
-            )
-        self.wait_ready(timeout_s)
-
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.is_ready():
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not accept connections within {timeout_s}s:\n{self.log_tail()}")
-            time.sleep(0.02)
+        self.server.start()
+        self.server.wait_ready(timeout_s)
 
     def is_ready(self) -> bool:
         """True when the server accepts connections on host:port (pg_isready, at most 1 s)."""
@@ -221,41 +223,37 @@ class LocalPostgres:
 
     def stop(self, *, mode: str = "fast", timeout_s: float = 30.0) -> None:
         """Stop the server, whoever started it: smart, fast (default), immediate (a crash) or kill (SIGKILL all)."""
-        pid = self.process.pid if self.process is not None and self.process.poll() is None else self.pid()
-        if pid is None:
+        if self.server.process is not None:
+            self.server.stop(STOP_SIGNALS[mode], grace_s=timeout_s)  # also a crashed one's leftover backends
             return
-        children = _children(pid)
-        os.kill(pid, STOP_SIGNALS[mode])
-        if mode == "kill":  # like `kill -9` of every server process; alone, the backends linger a second or two
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
-        if not _wait_gone([pid, *children], timeout_s, reap=self.process):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone([pid, *children], 10.0, reap=self.process)
-        self.process = None
+        pid = self.pid()  # a server this object did not start: it may not lead a process group of its own
+        if pid is not None:
+            os.kill(pid, STOP_SIGNALS[mode])
+            deadline = time.monotonic() + timeout_s
+            while self.pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.pid() is not None:
+                os.kill(pid, signal.SIGKILL)
 
     def restart(self, timeout_s: float = 10.0, *, mode: str = "fast") -> None:
         self.stop(mode=mode)
         self.start(timeout_s)
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+    def log_tail(self) -> str:
+        return self.server.log_tail()
 
     # ---- administration ---------------------------------------------------------------------------------
 
     def ensure_database(self) -> None:
         """Create the application role (LOGIN CREATEDB) and database if missing; reset the role's password."""
         role, database = sql_identifier(self.user), sql_identifier(self.database)
+        # bandit B608: the names and password are this runner's own settings (not request data), quoted above.
         script = "\n".join(
             [
-                f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS "
+                f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS "  # nosec B608
                 f"(SELECT FROM pg_roles WHERE rolname = {sql_literal(self.user)}) \\gexec",
                 f"ALTER ROLE {role} WITH LOGIN CREATEDB PASSWORD {sql_literal(self.password)};",
-                f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "
+                f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "  # nosec B608
                 f"(SELECT FROM pg_database WHERE datname = {sql_literal(self.database)}) \\gexec",
             ]
         )
@@ -277,34 +275,11 @@ class LocalPostgres:
 def _alive(pid: int) -> bool:
     """True while `pid` runs. A zombie counts as gone: it holds no port or memory, and whoever reaps it
     (init, in a container perhaps only every few seconds) is not worth waiting for."""
-    import psutil
-
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         return False
-
-
-def _children(pid: int) -> list[int]:
-    """The postmaster's children: a SIGKILLed postmaster leaves them behind for a moment."""
-    import psutil
-
-    try:
-        return [child.pid for child in psutil.Process(pid).children()]
-    except psutil.Error:
-        return []
-
-
-def _wait_gone(pids: list[int], timeout_s: float, *, reap: subprocess.Popen[bytes] | None) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if reap is not None:
-            reap.poll()  # our own child stays a zombie (and "alive") until reaped
-        if not any(_alive(pid) for pid in pids):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,13 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if pg.initialize():
         print(f"initialised {pg.data_dir}", flush=True)
-    server = subprocess.Popen(pg.command(), cwd="/")
-    pg.process = server
     try:
-        pg.wait_ready()
+        pg.start()
         pg.ensure_database()
-        print(f"ready: postgresql://{pg.user}:***@{pg.host}:{pg.port}/{pg.database} (Ctrl-C stops)", flush=True)
-        return server.wait()
+        print(f"ready: postgresql://{pg.user}:***@{pg.host}:{pg.port}/{pg.database}; log {pg.log_path} (Ctrl-C stops)")
+        assert pg.server.process is not None
+        return pg.server.process.wait()
     except KeyboardInterrupt:
         return 0
     finally:

@@ -11,8 +11,8 @@ durability), and is ready in a few milliseconds.
     redis.restart()     # stop + start: every key is gone afterwards
     redis.stop()
 
-`command()` is the same server as one foreground process (SIGTERM stops it), for runners that manage their
-own children:
+`server` is its services.local_server.LocalServer (a process group of its own), which the stack runner
+supervises; `command()` is the server as one foreground process (SIGTERM stops it). From a shell:
 
     python -m services.redis --port 6379
 """
@@ -20,15 +20,13 @@ own children:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from services.local_server import LocalServer
 
 
 def server_binary() -> Path:
@@ -44,11 +42,20 @@ class LocalRedis:
 
     host = "127.0.0.1"
 
-    def __init__(self, port: int, *, data_dir: Path | None = None) -> None:
+    def __init__(self, port: int, *, data_dir: Path | None = None, log_path: Path | None = None) -> None:
         self.port = port
         # Redis' working folder (it writes nothing there with persistence off) and where its log goes.
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
-        self.process: subprocess.Popen[bytes] | None = None
+        folder = self.data_dir or Path(tempfile.gettempdir())
+        self.server = LocalServer(
+            "redis",
+            self.command(),
+            log_path=log_path or folder / f"redis-{port}.log",
+            ready_check=self.is_ready,
+            stop_grace_s=5.0,
+            ready_timeout_s=5.0,
+            poll_s=0.005,
+        )
 
     @property
     def url(self) -> str:
@@ -57,14 +64,11 @@ class LocalRedis:
     @property
     def pid(self) -> int | None:
         """The server's pid while the process this object started runs."""
-        if self.process is not None and self.process.poll() is None:
-            return self.process.pid
-        return None
+        return self.server.pid
 
     @property
     def log_path(self) -> Path:
-        folder = self.data_dir or Path(tempfile.gettempdir())
-        return folder / f"redis-{self.port}.log"
+        return self.server.log_path
 
     def command(self) -> list[str]:
         """argv of the server as one foreground process that logs to stdout."""
@@ -77,30 +81,13 @@ class LocalRedis:
         ]
 
     def start(self, timeout_s: float = 5.0) -> None:
-        """Start the server in the background (a session of its own) and wait until it answers PING."""
-        if self.pid is not None:
+        """Start the server in the background (a process group of its own) and wait until it answers PING."""
+        if self.server.running:
             return
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                start_new_session=True,
-            )
-        self.wait_ready(timeout_s)
-
-    def wait_ready(self, timeout_s: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.is_ready():
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer PING within {timeout_s}s:\n{self.log_tail()}")
-            time.sleep(0.005)
+        self.server.start()
+        self.server.wait_ready(timeout_s)
 
     def is_ready(self, timeout_s: float = 0.2) -> bool:
         """True when the server answers PING on host:port (a raw inline command, no client library)."""
@@ -112,28 +99,15 @@ class LocalRedis:
             return False
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """SIGTERM (and SIGCONT, in case a test left it stopped), then SIGKILL if it lingers."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-            process.send_signal(signal.SIGCONT)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5.0)
+        """SIGTERM (and SIGCONT, in case a test left it paused), then SIGKILL if it lingers."""
+        self.server.stop(grace_s=timeout_s)
 
     def restart(self, timeout_s: float = 5.0) -> None:
         self.stop()
         self.start(timeout_s)
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+    def log_tail(self) -> str:
+        return self.server.log_tail()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,12 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     redis = LocalRedis(args.port, data_dir=args.data_dir)
-    server = subprocess.Popen(redis.command(), cwd="/")
-    redis.process = server
     try:
-        redis.wait_ready()
-        print(f"ready: {redis.url} (Ctrl-C stops)", flush=True)
-        return server.wait()
+        redis.start()
+        print(f"ready: {redis.url}; log {redis.log_path} (Ctrl-C stops)", flush=True)
+        assert redis.server.process is not None
+        return redis.server.process.wait()
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,6 +1,7 @@
 """The local stack runner: starts PostgreSQL (embedded, unless DATABASE_URL is set) and migrates it, and
 Redis (local, unless REDIS_URL is set); prepares the offline models, starts real vLLM CPU servers and the
-gateway, waits until all answer (printing progress), and stops everything it started on Ctrl-C.
+gateway, waits until all answer (printing progress), then supervises them: a server that dies is started again
+with backoff (services.supervisor), and Ctrl-C stops every process it started, each as a process group.
 
 Run it as `make run` (or `python -m services.stack` from the repository root, in the gateway's venv).
 It reads the same config/models.yaml as the gateway, with the profile from CITADEL_PROFILE (default `local`).
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -20,16 +21,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.catalog import ConfigError, ServerSpec, load_catalog
 from gateway.settings import Settings, describe_settings_error
 from gateway.store.migrate import MigrationError, migrate
+from services.local_server import LocalServer
 from services.postgres import LocalPostgres
 from services.redis import LocalRedis
+from services.supervisor import RestartPolicy, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "citadel"
@@ -40,19 +43,6 @@ def say(message: str, *, started: float | None = None) -> None:
     """One progress line, with the seconds since the stack started."""
     stamp = f"[{time.monotonic() - started:5.0f}s] " if started is not None else ""
     print(f"citadel: {stamp}{message}", flush=True)
-
-
-@dataclass
-class Managed:
-    """A process the runner started, in its own process group so it can be stopped as a whole."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    is_ready: Callable[[], bool]
-    log_path: Path
-    stop_signal: signal.Signals = signal.SIGTERM
-    ready: bool = False
-    started_at: float = field(default_factory=time.monotonic)
 
 
 def ensure_env_file(env_path: Path, example: Path) -> None:
@@ -132,90 +122,29 @@ def healthy(url: str) -> bool:
         return False
 
 
-def _shown(path: Path) -> Path:
-    """A path relative to the repository when it is inside it (shorter to read), else as it is."""
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 class Stack:
-    """Starts processes, waits for them, and stops them all, whatever happens in between."""
+    """The runner's servers: their log folder, the supervisor that starts and restarts them, progress lines."""
 
-    def __init__(self, *, logs: Path) -> None:
+    def __init__(self, *, logs: Path, policy: RestartPolicy | None = None, stop_grace_s: float = 20.0) -> None:
         self.logs = logs
-        self.managed: list[Managed] = []
         self.started = time.monotonic()
+        self.stop_grace_s = stop_grace_s
+        self.supervisor = Supervisor(policy, say=lambda line: say(line, started=self.started))
 
-    def start(
-        self,
-        name: str,
-        command: list[str],
-        *,
-        env: dict[str, str],
-        is_ready: Callable[[], bool],
-        stop_signal: signal.Signals = signal.SIGTERM,
-    ) -> Managed:
-        log_path = self.logs / f"{name}.log"
-        log_file = log_path.open("wb")
-        # A new session: Ctrl-C reaches only the runner, which then stops each group in order.
-        process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log_file.close()
-        item = Managed(name=name, process=process, is_ready=is_ready, log_path=log_path, stop_signal=stop_signal)
-        self.managed.append(item)
-        say(f"{name}: starting (pid {process.pid}, log {_shown(log_path)})", started=self.started)
-        return item
+    def server(self, name: str, command: list[str], *, is_ready: Callable[[], bool], **options: Any) -> LocalServer:
+        """A server of this stack, its log in the stack's log folder, started from the repository root."""
+        options.setdefault("stop_grace_s", self.stop_grace_s)
+        return LocalServer(name, command, log_path=self.logs / f"{name}.log", ready_check=is_ready, cwd=ROOT, **options)
 
-    def wait_ready(self, items: list[Managed], *, timeout_s: float) -> None:
-        """Poll every item until healthy; report each as it becomes ready; fail fast if one dies."""
-        deadline = time.monotonic() + timeout_s
-        last_note = time.monotonic()
-        while not all(item.ready for item in items):
-            for item in items:
-                if item.ready:
-                    continue
-                if item.process.poll() is not None:
-                    code = item.process.returncode
-                    raise RuntimeError(f"{item.name} exited with code {code}; last log lines:\n{tail(item.log_path)}")
-                if item.is_ready():
-                    item.ready = True
-                    say(f"{item.name}: ready after {time.monotonic() - item.started_at:.0f}s", started=self.started)
-            if time.monotonic() > deadline:
-                waiting = ", ".join(item.name for item in items if not item.ready)
-                raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for: {waiting}")
-            if time.monotonic() - last_note > 15:
-                waiting = ", ".join(item.name for item in items if not item.ready)
-                say(f"still waiting for {waiting} (model servers take a minute or two on CPU)", started=self.started)
-                last_note = time.monotonic()
-            time.sleep(0.5)
+    def run(self, servers: list[LocalServer], *, timeout_s: float) -> None:
+        """Start `servers` and wait until all are ready; ServerError (with the log's end) if one dies first."""
+        for server in servers:
+            self.supervisor.start(server)
+        self.supervisor.wait_ready(servers, timeout_s=timeout_s)
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """Stop the gateway first (it finishes its requests and flushes the audit log into a PostgreSQL that is
-        still up), then signal every other process group together; SIGKILL what is left after `grace_s`."""
-        alive = [item for item in reversed(self.managed) if item.process.poll() is None]
-        if not alive:
-            return
-        say("stopping " + ", ".join(item.name for item in alive), started=self.started)
-        first = [item for item in alive if item.name == "gateway"]
-        for batch in (first, [item for item in alive if item not in first]):
-            for item in batch:
-                _signal_group(item.process, item.stop_signal)
-            deadline = time.monotonic() + grace_s
-            for item in batch:
-                try:
-                    item.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    say(f"{item.name}: did not stop in {grace_s:.0f}s, killing it")
-                _signal_group(item.process, signal.SIGKILL)  # also any children left behind
-                item.process.wait()
-        say("stopped", started=self.started)
+    def stop(self) -> None:
+        # The gateway first: it finishes its requests and flushes the audit log into a PostgreSQL still up.
+        self.supervisor.stop_all(first=["gateway"])
 
 
 def start_database(stack: Stack, *, cache: Path, env_file: dict[str, str], port: int) -> str:
@@ -224,16 +153,19 @@ def start_database(stack: Stack, *, cache: Path, env_file: dict[str, str], port:
     if url:
         say("database: DATABASE_URL is set, using that server", started=stack.started)
     else:
-        server = LocalPostgres(cache / "postgres", port, password=_local_password(cache / "postgres.password"))
-        if server.initialize():
-            say(f"postgres: made a new cluster in {server.data_dir}", started=stack.started)
-        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
-        item = stack.start(
-            "postgres", server.command(), env=dict(os.environ), is_ready=server.is_ready, stop_signal=signal.SIGINT
+        pg = LocalPostgres(
+            cache / "postgres",
+            port,
+            password=_local_password(cache / "postgres.password"),
+            log_path=stack.logs / "postgres.log",
         )
-        stack.wait_ready([item], timeout_s=30)
-        server.ensure_database()
-        url = server.url
+        if pg.initialize():
+            say(f"postgres: made a new cluster in {pg.data_dir}", started=stack.started)
+        pg.server.stop_grace_s = stack.stop_grace_s
+        pg.server.ready_timeout_s = 120  # after a crash, a restart replays the WAL first
+        stack.run([pg.server], timeout_s=30)
+        pg.ensure_database()
+        url = pg.url
     asyncio.run(migrate(url, echo=lambda line: say(f"database: {line}", started=stack.started)))
     return url
 
@@ -245,10 +177,10 @@ def start_redis(stack: Stack, *, cache: Path, env_file: dict[str, str], port: in
         say("redis: REDIS_URL is set, using that server", started=stack.started)
         return url
     (cache / "redis").mkdir(parents=True, exist_ok=True)
-    server = LocalRedis(port, data_dir=cache / "redis")
-    item = stack.start("redis", server.command(), env=dict(os.environ), is_ready=server.is_ready)
-    stack.wait_ready([item], timeout_s=30)
-    return server.url
+    redis = LocalRedis(port, data_dir=cache / "redis", log_path=stack.logs / "redis.log")
+    redis.server.ready_timeout_s = 30  # a restart on a machine busy with a model server's start-up
+    stack.run([redis.server], timeout_s=30)
+    return redis.url
 
 
 def migrate_only(*, cache: Path, env_file: dict[str, str], port: int) -> int:
@@ -265,6 +197,11 @@ def migrate_only(*, cache: Path, env_file: dict[str, str], port: int) -> int:
         stack.stop()
 
 
+def runner_option(name: str, default: str, env_file: dict[str, str]) -> str:
+    """A runner setting: the environment first, then .env (the gateway reads .env itself; the runner must too)."""
+    return os.environ.get(name) or env_file.get(name) or default
+
+
 def _local_password(path: Path) -> str:
     """The embedded server's password: made once, kept next to its data, readable by this user only."""
     if not path.exists():
@@ -273,29 +210,29 @@ def _local_password(path: Path) -> str:
     return path.read_text().strip()
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
-
-
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    env_file = read_env_file(ROOT / ".env")
+
+    def option(name: str, default: str) -> str:
+        return runner_option(name, default, env_file)
+
     parser = argparse.ArgumentParser(description="Start the local Citadel stack (real vLLM CPU servers + gateway).")
     parser.add_argument("--profile", help="profile in config/models.yaml (default: CITADEL_PROFILE, else local)")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("CITADEL_PORT", "8000")))
     parser.add_argument(
         "--postgres-port",
         type=int,
-        default=int(os.environ.get("CITADEL_POSTGRES_PORT", "15432")),
+        default=int(option("CITADEL_POSTGRES_PORT", "15432")),
         help="port of the embedded PostgreSQL when DATABASE_URL is unset",
     )
     parser.add_argument(
         "--redis-port",
         type=int,
-        default=int(os.environ.get("CITADEL_REDIS_PORT", "16379")),
+        default=int(option("CITADEL_REDIS_PORT", "16379")),
         help="port of the local Redis when REDIS_URL is unset",
     )
     parser.add_argument(
@@ -303,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only bring the database to the newest schema (the embedded one unless DATABASE_URL is set), then stop",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CITADEL_CACHE_DIR", DEFAULT_CACHE)))
+    parser.add_argument("--cache-dir", type=Path, default=Path(option("CITADEL_CACHE_DIR", str(DEFAULT_CACHE))))
     parser.add_argument("--vllm-python", type=Path, default=Path(os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON)))
-    parser.add_argument("--ready-timeout", type=float, default=float(os.environ.get("CITADEL_READY_TIMEOUT", "600")))
+    parser.add_argument("--ready-timeout", type=float, default=float(option("CITADEL_READY_TIMEOUT", "600")))
     args = parser.parse_args(argv)
 
     # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored, and a supervisor
@@ -313,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.migrate_only:
-        return migrate_only(cache=args.cache_dir, env_file=read_env_file(ROOT / ".env"), port=args.postgres_port)
+        return migrate_only(cache=args.cache_dir, env_file=env_file, port=args.postgres_port)
     ensure_env_file(ROOT / ".env", ROOT / ".env.example")
     env_file = read_env_file(ROOT / ".env")
     profile = (
@@ -323,13 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         # The gateway would refuse to start without its settings; say so before starting model servers.
-        Settings(_env_file=ROOT / ".env")  # type: ignore[call-arg]
+        settings = Settings(_env_file=ROOT / ".env")  # type: ignore[call-arg]
     except ValidationError as exc:
         say(describe_settings_error(exc))
         return 2
     try:
         catalog = load_catalog(ROOT / "config" / "models.yaml", profile=profile, env={**env_file, **os.environ})
-    except ConfigError as exc:
+        policy = RestartPolicy.from_env({**env_file, **os.environ})
+        stop_grace_s = float(option("CITADEL_STOP_GRACE_S", "20"))
+    except (ConfigError, ValueError) as exc:
         say(str(exc))
         return 2
     if not args.vllm_python.exists():
@@ -338,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     logs = args.cache_dir / "logs"
     logs.mkdir(exist_ok=True)
-    stack = Stack(logs=logs)
+    stack = Stack(logs=logs, policy=policy, stop_grace_s=stop_grace_s)
     gateway_url = f"http://127.0.0.1:{args.gateway_port}"
     try:
         busy = [f"{s.name} ({s.port})" for s in catalog.servers if port_in_use(s.host, s.port)]
@@ -363,9 +302,16 @@ def main(argv: list[str] | None = None) -> int:
             command = vllm_command(server, weights=weights, vllm_python=args.vllm_python)
             health = f"{server.url}/health"
             servers.append(
-                stack.start(f"vllm-{server.name}", command, env=vllm_env(), is_ready=lambda u=health: healthy(u))
+                stack.server(
+                    f"vllm-{server.name}",
+                    command,
+                    env=vllm_env(),
+                    is_ready=functools.partial(healthy, health),
+                    ready_timeout_s=args.ready_timeout,
+                    poll_s=0.5,
+                )
             )
-        stack.wait_ready(servers, timeout_s=args.ready_timeout)
+        stack.run(servers, timeout_s=args.ready_timeout)
         gateway_env = {
             **os.environ,
             "CITADEL_PROFILE": profile,
@@ -381,8 +327,16 @@ def main(argv: list[str] | None = None) -> int:
             gateway_env["CITADEL_QDRANT_PATH"] = str(args.cache_dir / "qdrant")
         gateway_env.setdefault("CITADEL_HOST", "127.0.0.1")
         command = [sys.executable, "-m", "gateway", "serve", "--port", str(args.gateway_port)]
-        gateway = stack.start("gateway", command, env=gateway_env, is_ready=lambda: healthy(f"{gateway_url}/health"))
-        stack.wait_ready([gateway], timeout_s=60)
+        gateway = stack.server(
+            "gateway",
+            command,
+            env=gateway_env,
+            is_ready=lambda: healthy(f"{gateway_url}/health"),
+            # Its own shutdown lets requests in flight finish for shutdown_grace_s: not cut short by ours.
+            stop_grace_s=max(stop_grace_s, settings.shutdown_grace_s + 5),
+            poll_s=0.5,
+        )
+        stack.run([gateway], timeout_s=60)
         say(f"ready in {time.monotonic() - stack.started:.0f}s: {gateway_url}", started=stack.started)
         # Paste-ready without printing the secret (this output often ends up in logs).
         key_expr = (
@@ -397,10 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             "Press Ctrl-C to stop everything.\n",
             flush=True,
         )
-        while all(item.process.poll() is None for item in stack.managed):
-            time.sleep(0.5)
-        dead = next(item for item in stack.managed if item.process.poll() is not None)
-        say(f"{dead.name} exited with code {dead.process.returncode}; last log lines:\n{tail(dead.log_path)}")
+        # A server that dies is started again; this returns only if every one of them has been given up on.
+        stack.supervisor.run()
+        say("every server has been given up on; stopping")
         return 1
     except KeyboardInterrupt:
         return 0

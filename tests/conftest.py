@@ -10,8 +10,9 @@ from gateway.settings import Settings
 from tests.support.catalogs import ADMIN_KEY
 from tests.support.ports import free_port as free_port
 
-# Real PostgreSQL and Redis for the tests that need them (local servers when DATABASE_URL / REDIS_URL are unset).
-pytest_plugins = ["tests.support.postgres", "tests.support.redis"]
+# Real PostgreSQL and Redis for the tests that need them (local servers when DATABASE_URL / REDIS_URL are unset);
+# after the session, the logs of the gateways the tests started must show no unhandled exception.
+pytest_plugins = ["tests.support.postgres", "tests.support.redis", "tests.support.logscan"]
 
 
 def make_settings(config_path: Path, **overrides: object) -> Settings:

@@ -16,9 +16,15 @@ from ..store import audit_queries
 from ..store import keys as key_rows
 from ..store.db import SessionDep
 from .deps import CatalogDep, record_admin_action
+from .openapi_schema import KEYED_ERRORS, errors
 from .usage import Window, usage_report
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require(Permission.ADMIN))])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require(Permission.ADMIN))],
+    responses=errors(*KEYED_ERRORS, 403),
+)
 
 MAX_PAGE = 500
 
@@ -51,7 +57,7 @@ async def list_keys(
     return KeyList(data=[KeyOut.of(row) for row in rows])
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", responses=errors(404))
 async def get_key(key_id: uuid.UUID, session: SessionDep) -> KeyOut:
     row = await key_rows.get_key(session=session, key_id=key_id)
     if row is None:
@@ -59,7 +65,7 @@ async def get_key(key_id: uuid.UUID, session: SessionDep) -> KeyOut:
     return KeyOut.of(row)
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", responses=errors(404))
 async def revoke_key(key_id: uuid.UUID, request: Request, session: SessionDep) -> KeyOut:
     """Revoke a key (idempotent). Every worker forgets it at once (through Redis; without it, within the TTL)."""
     row = await key_rows.revoke_key(session=session, key_id=key_id)

@@ -13,11 +13,20 @@ from ..observability.metrics import count_feedback
 from ..protocol.feedback import FeedbackCreate, FeedbackOut
 from ..store import feedback as feedback_rows
 from ..store.db import SessionDep, is_connection_error, unavailable
+from .openapi_schema import KEYED_ERRORS, errors
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 
-@router.post("/feedback", status_code=201, dependencies=[Depends(require(Permission.INFERENCE))])
+@router.post(
+    "/feedback",
+    status_code=201,
+    dependencies=[Depends(require(Permission.INFERENCE))],
+    responses={
+        200: {"model": FeedbackOut, "description": "The request was rated before: its rating is replaced."},
+        **errors(*KEYED_ERRORS, 403, 404),
+    },
+)
 async def rate_request(
     body: FeedbackCreate, session: SessionDep, principal: PrincipalDep, response: Response
 ) -> FeedbackOut:

@@ -10,17 +10,28 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..auth import public
+from ..protocol.responses import Health, ReadinessReport
+from .openapi_schema import PUBLIC_ERRORS, errors
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", dependencies=[Depends(public)])
+@router.get("/health", dependencies=[Depends(public)], response_model=Health, responses=errors(*PUBLIC_ERRORS))
 async def health() -> dict[str, str]:
     """The gateway process is up and serving (dependencies are checked by readiness, not here)."""
     return {"status": "healthy", "service": "gateway", "timestamp": datetime.now(UTC).isoformat()}
 
 
-@router.get("/health/ready", dependencies=[Depends(public)])
+@router.get(
+    "/health/ready",
+    dependencies=[Depends(public)],
+    response_model=None,
+    responses={
+        200: {"model": ReadinessReport, "description": "Healthy or degraded."},
+        503: {"model": ReadinessReport, "description": "Unhealthy: no model, or a critical dependency, is up."},
+        **errors(*PUBLIC_ERRORS),
+    },
+)
 async def ready(request: Request) -> Response:
     """Every dependency and replica (see gateway/readiness.py for the policy); 503 when unhealthy."""
     document: dict[str, Any] = await request.app.state.readiness.report()

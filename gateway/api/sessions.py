@@ -14,8 +14,14 @@ from ..errors import NotFound
 from ..store import conversations as rows
 from ..store.db import SessionDep
 from ..store.models import ChatSession
+from .openapi_schema import KEYED_ERRORS, errors
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require(Permission.SESSIONS))])
+router = APIRouter(
+    prefix="/v1/sessions",
+    tags=["sessions"],
+    dependencies=[Depends(require(Permission.SESSIONS))],
+    responses=errors(*KEYED_ERRORS, 403),  # viewers have no sessions
+)
 
 
 class SessionOut(BaseModel):
@@ -72,7 +78,7 @@ async def list_sessions(
     return SessionList(data=[SessionOut.of(row, count=count) for row, count in found])
 
 
-@router.get("/{session_id}")
+@router.get("/{session_id}", responses=errors(404))
 async def get_session(session_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> SessionOut:
     """One session with its messages in order."""
     row = await _visible(session, session_id, principal)
@@ -80,7 +86,7 @@ async def get_session(session_id: uuid.UUID, session: SessionDep, principal: Pri
     return SessionOut.of(row, count=len(messages), messages=messages)
 
 
-@router.delete("/{session_id}")
+@router.delete("/{session_id}", responses=errors(404))
 async def delete_session(session_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> SessionDeleted:
     await _visible(session, session_id, principal)
     await rows.delete_session(session=session, session_id=session_id)

@@ -14,6 +14,7 @@ from ..errors import InvalidRequest
 from ..protocol.admin import UsageReport, UsageRow
 from ..store import audit_queries
 from ..store.db import SessionDep
+from .openapi_schema import KEYED_ERRORS, errors
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -54,7 +55,7 @@ async def usage_report(
     )
 
 
-@router.get("/usage", dependencies=[Depends(require(Permission.USAGE_READ))])
+@router.get("/usage", dependencies=[Depends(require(Permission.USAGE_READ))], responses=errors(*KEYED_ERRORS))
 async def own_usage(
     session: SessionDep,
     principal: PrincipalDep,

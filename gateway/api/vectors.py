@@ -8,10 +8,26 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ..auth import Permission, Principal, require
 from ..protocol.common import parse_request
+from ..protocol.responses import (
+    VectorCollection,
+    VectorCollectionDeleted,
+    VectorCollectionList,
+    VectorDocument,
+    VectorDocumentDeleted,
+    VectorDocumentsDeleted,
+    VectorSearchResult,
+    VectorUpsertResult,
+)
 from ..protocol.vectors import CollectionCreate, DeleteDocumentsRequest, SearchRequest, UpsertRequest
 from ..vectors.service import VectorService, hit_object
+from .openapi_schema import KEYED_ERRORS, errors, json_body
 
-router = APIRouter(prefix="/v1/vectors", tags=["vectors"])
+# Every vector route may answer 503 (the vector store is unreachable); one that names a collection, 404 (unknown or
+# invisible); a write, 403 (a viewer, a model collection, a full quota); one that embeds texts, the model's errors.
+router = APIRouter(prefix="/v1/vectors", tags=["vectors"], responses=errors(*KEYED_ERRORS))
+_FOUND = errors(404)
+_WRITE = errors(403, 404)
+_EMBEDS = errors(403, 404, 502, 504)  # 403: a key whose allow-list lacks the embedding model
 
 Reader = Annotated[Principal, Depends(require(Permission.VECTORS_READ))]
 Writer = Annotated[Principal, Depends(require(Permission.VECTORS_WRITE))]
@@ -45,7 +61,12 @@ async def _admit(
     response.headers.update(headers)
 
 
-@router.post("/collections")
+@router.post(
+    "/collections",
+    response_model=VectorCollection,
+    openapi_extra=json_body(CollectionCreate),
+    responses=errors(403, 404, 409, 502, 504),  # 404: an unknown embedding model; 5xx: its dimensions probe
+)
 async def create_collection(request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
     """Create a collection: `name`, optional embedding `model`, `distance`, `shared` (admins)."""
     create = parse_request(CollectionCreate, await _body(request))
@@ -53,24 +74,29 @@ async def create_collection(request: Request, caller: Writer, vectors: VectorsDe
     return await vectors.describe(info)
 
 
-@router.get("/collections")
+@router.get("/collections", response_model=VectorCollectionList)
 async def list_collections(caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
     """The collections this key may see (admins: all)."""
     return {"object": "list", "data": await vectors.list_collections(principal=caller)}
 
 
-@router.get("/collections/{name}")
+@router.get("/collections/{name}", response_model=VectorCollection, responses=_FOUND)
 async def get_collection(name: Name, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
     return await vectors.describe(await vectors.collection(principal=caller, name=name))
 
 
-@router.delete("/collections/{name}")
+@router.delete("/collections/{name}", response_model=VectorCollectionDeleted, responses=_WRITE)
 async def delete_collection(name: Name, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
     await vectors.delete_collection(principal=caller, name=name)
     return {"object": "vector.collection.deleted", "name": name, "deleted": True}
 
 
-@router.post("/collections/{name}/documents")
+@router.post(
+    "/collections/{name}/documents",
+    response_model=VectorUpsertResult,
+    openapi_extra=json_body(UpsertRequest),
+    responses={**_WRITE, **_EMBEDS},
+)
 async def upsert_documents(
     name: Name, request: Request, response: Response, caller: Writer, vectors: VectorsDep
 ) -> dict[str, Any]:
@@ -82,7 +108,12 @@ async def upsert_documents(
     return {"object": "vector.upsert", "collection": name, "ids": ids, "count": len(ids), "usage": usage}
 
 
-@router.post("/collections/{name}/search")
+@router.post(
+    "/collections/{name}/search",
+    response_model=VectorSearchResult,
+    openapi_extra=json_body(SearchRequest),
+    responses=_EMBEDS,
+)
 async def search(
     name: Name, request: Request, response: Response, caller: Reader, vectors: VectorsDep
 ) -> dict[str, Any]:
@@ -93,7 +124,12 @@ async def search(
     return {"object": "list", "collection": name, "data": [hit_object(hit) for hit in hits], "usage": usage}
 
 
-@router.post("/collections/{name}/documents/delete")
+@router.post(
+    "/collections/{name}/documents/delete",
+    response_model=VectorDocumentsDeleted,
+    openapi_extra=json_body(DeleteDocumentsRequest),
+    responses=_WRITE,
+)
 async def delete_documents(name: Name, request: Request, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
     """Delete documents by `ids`, by `filter`, or both (ANDed)."""
     which = parse_request(DeleteDocumentsRequest, await _body(request))
@@ -101,12 +137,12 @@ async def delete_documents(name: Name, request: Request, caller: Writer, vectors
     return {"object": "vector.documents.deleted", "collection": name, "deleted": deleted}
 
 
-@router.get("/collections/{name}/documents/{doc_id}")
+@router.get("/collections/{name}/documents/{doc_id}", response_model=VectorDocument, responses=_FOUND)
 async def get_document(name: Name, doc_id: DocId, caller: Reader, vectors: VectorsDep) -> dict[str, Any]:
     return await vectors.document(principal=caller, name=name, doc_id=doc_id)
 
 
-@router.delete("/collections/{name}/documents/{doc_id}")
+@router.delete("/collections/{name}/documents/{doc_id}", response_model=VectorDocumentDeleted, responses=_WRITE)
 async def delete_document(name: Name, doc_id: DocId, caller: Writer, vectors: VectorsDep) -> dict[str, Any]:
     deleted = await vectors.delete_documents(principal=caller, name=name, request=DeleteDocumentsRequest(ids=[doc_id]))
     return {"object": "vector.document.deleted", "collection": name, "id": doc_id, "deleted": deleted > 0}

@@ -10,6 +10,8 @@ see them (and `increase()` works) before the first failure happens.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge
 
 # The request, business and dependency metrics are in gateway/observability/metrics.py; the failure
@@ -76,6 +78,15 @@ def set_replica_state(model: str, replica: str, *, up: bool, breaker: str) -> No
     """Publish a replica's rotation and breaker state (`breaker`: closed, half_open or open)."""
     REPLICA_UP.labels(model=model, replica=replica).set(1 if up else 0)
     BREAKER_STATE.labels(model=model, replica=replica).set(BREAKER_CODES[breaker])
+
+
+def forget_replica_state(model: str, replica: str) -> None:
+    """The replica no longer serves `model` (a config reload): drop its series. With several workers the series
+    stay at their last value until the workers restart (prometheus_client cannot drop one from its files)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    REPLICA_UP.remove(model, replica)
+    BREAKER_STATE.remove(model, replica)
 
 
 DEPENDENCY_UP = Gauge(

@@ -59,6 +59,12 @@ POSTGRES_FAILURES = Counter(
     "citadel_llm_postgres_failures_total", "PostgreSQL operations that failed to connect", ["operation"]
 )
 QDRANT_FAILURES = Counter("citadel_llm_qdrant_failures_total", "Qdrant operations that failed", ["operation"])
+CONFIG_RELOADS = Counter(
+    "citadel_llm_config_reloads_total",
+    "Reloads of config/models.yaml by result (ok: applied; invalid: refused, the running configuration kept)",
+    ["result"],
+)
+CONFIG_RELOAD_RESULTS = ("ok", "invalid")
 # Sums over the live workers: a dead worker's queue is gone with it (its spool is replayed by the next one).
 AUDIT_QUEUE_DEPTH = Gauge(
     "citadel_llm_audit_queue_depth",
@@ -98,6 +104,11 @@ def count_postgres_failure(operation: str) -> None:
 def count_qdrant_failure(operation: str) -> None:
     """A Qdrant call that failed; `operation` is a fixed word (e.g. 'search', 'upsert')."""
     QDRANT_FAILURES.labels(operation=operation).inc()
+
+
+def count_config_reload(result: str) -> None:
+    """One reload of the models file on this worker; `result` is one of CONFIG_RELOAD_RESULTS."""
+    CONFIG_RELOADS.labels(result=result if result in CONFIG_RELOAD_RESULTS else "invalid").inc()
 
 
 def set_audit_state(*, queue_depth: int, spooled_rows: int, spool_bytes: int) -> None:

@@ -61,14 +61,24 @@ class RequestObserver:
     """Per-request metrics and the one structured log line; model labels limited to the catalogue's names."""
 
     def __init__(self, catalog: Catalog, *, log_payloads: bool = False) -> None:
-        self.models = frozenset(catalog.models)
-        self.prices = {
-            name: (spec.price_per_1k_prompt_tokens / 1000, spec.price_per_1k_completion_tokens / 1000)
-            for name, spec in catalog.models.items()
-        }
+        self.models: frozenset[str] = frozenset()
+        self.prices: dict[str, tuple[float, float]] = {}
+        self.use_catalog(catalog)
         self.log_payloads = log_payloads
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Take the catalogue's prices (a config reload); a removed model keeps its label and its last prices for
+        its requests still in flight (labels stay bounded: only names the models file ever had)."""
+        self.models = self.models | frozenset(catalog.models)
+        self.prices = {
+            **self.prices,
+            **{
+                name: (spec.price_per_1k_prompt_tokens / 1000, spec.price_per_1k_completion_tokens / 1000)
+                for name, spec in catalog.models.items()
+            },
+        }
 
     def capture(self) -> PayloadCapture | None:
         return PayloadCapture() if self.log_payloads else None

@@ -124,3 +124,19 @@ class UsageReport(BaseModel):
     since: datetime
     until: datetime
     data: list[UsageRow]
+
+
+class ConfigReload(BaseModel):
+    """What POST /admin/reload changed on the worker that answered (see docs/configuration.md, Live configuration)."""
+
+    object: Literal["config.reload"] = "config.reload"
+    models_added: list[str]
+    models_removed: list[str] = Field(description="New requests for them answer 404 model_not_found.")
+    models_changed: dict[str, list[str]] = Field(description="Per model that changed, the fields that changed.")
+    replicas_added: list[str] = Field(description="host:port of each replica added (probed before its first request).")
+    replicas_removed: list[str] = Field(
+        description="host:port of each replica removed: no new requests; those in flight finish, then it is closed."
+    )
+    workers_notified: int | None = Field(
+        description="Other workers told through Redis to reload too; null without Redis (only this worker reloaded)."
+    )

@@ -18,6 +18,10 @@ WIRE_CONFIG = ConfigDict(extra="ignore", strict=True)
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# top_k: -1 (or 0) means all tokens; no vocabulary here is larger than this.
+MAX_TOP_K = 1_000_000
+MAX_STOP_TOKEN_IDS = 64
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class StreamOptions(BaseModel):
@@ -44,6 +48,14 @@ class SamplingFields(BaseModel):
     logit_bias: Annotated[dict[str, float], Field(max_length=300)] | None = None
     seed: int | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    # vLLM's sampling extensions (docs/api.md "Tool calling, structured outputs and sampling extras"). min_tokens
+    # is also checked against max_tokens and the model's limit (gateway/inference.py).
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    skip_special_tokens: bool | None = None
 
 
 def encode_for_upstream(data: Any) -> bytes:

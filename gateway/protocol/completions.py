@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .common import SamplingFields
+from .tools import StructuredOutputs
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -17,3 +18,5 @@ class CompletionRequest(SamplingFields):
     best_of: Annotated[int, Field(ge=1)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool | None = None
+    # vLLM's structured outputs (json, regex, choice, grammar, json_object): exactly one constraint.
+    structured_outputs: StructuredOutputs | None = None

@@ -52,12 +52,16 @@ class HealthProber:
         self._interval = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
+    def use(self, replicas: Sequence[Replica]) -> None:
+        """Probe these replicas from now on (a config reload added or removed some)."""
+        self._replicas = list(replicas)
+
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(replica) for replica in self._replicas))
 
     async def probe(self, replica: Replica) -> None:
         """One probe; never raises (a failure is the replica's state, not an error of the prober)."""
-        if replica.session is None:
+        if replica.session is None or replica.session.closed:  # closed: removed by a config reload
             return
         started = time.perf_counter()
         try:

@@ -12,6 +12,12 @@ from ..observability.health_metrics import set_replica_state
 from .breaker import BreakerState, CircuitBreaker
 
 
+def replica_label(url: str) -> str:
+    """host:port of a replica's URL: what metrics, logs and reload summaries call it (no path or credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
 @dataclass(slots=True)
 class LoadReport:
     """vLLM's own load figures from its /metrics, as of `at` (monotonic seconds)."""
@@ -41,8 +47,7 @@ class Replica:
     @property
     def label(self) -> str:
         """host:port: what metrics and logs call it (bounded, and no path or credentials)."""
-        parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        return replica_label(self.url)
 
     @property
     def in_rotation(self) -> bool:

@@ -27,13 +27,34 @@ def error_event(error: APIError) -> bytes:
 
 
 def _collect_content(block: bytes, answer: dict[str, Any]) -> None:
-    """Gather the streamed text of the first choice (only for requests in a conversation session)."""
+    """Gather the streamed text and tool calls of the first choice (only for requests in a conversation session).
+
+    Tool calls arrive as deltas keyed by `index`: the first carries the id and the function's name, the
+    following ones pieces of the arguments' JSON text.
+    """
     parts = answer.setdefault("parts", [])
     for event in block.split(EVENT_END):
         if event.startswith(b"data: {"):
             choices = orjson.loads(event[6:]).get("choices") or []
-            if choices and (choices[0].get("delta") or {}).get("content"):
-                parts.append(choices[0]["delta"]["content"])
+            if not choices or choices[0].get("index", 0) != 0:
+                continue
+            delta = choices[0].get("delta") or {}
+            if delta.get("content"):
+                parts.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                if isinstance(call, dict) and isinstance(call.get("index"), int):
+                    _collect_tool_call(call, answer.setdefault("tool_calls", {}))
+
+
+def _collect_tool_call(delta: dict[str, Any], calls: dict[int, dict[str, Any]]) -> None:
+    call = calls.setdefault(delta["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    function = delta.get("function") or {}
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    if function.get("name"):
+        call["function"]["name"] = function["name"]
+    if isinstance(function.get("arguments"), str):
+        call["function"]["arguments"] += function["arguments"]
 
 
 def _take_usage(block: bytes, usage: dict[str, Any], *, forward_usage: bool) -> bytes:
@@ -108,6 +129,7 @@ async def relay_stream(
         usage["error_type"] = error.error_type
         if answer is not None:
             answer.pop("parts", None)  # an unfinished answer is not stored in the session
+            answer.pop("tool_calls", None)
         yield error_event(error)
         yield DONE_EVENT
     finally:

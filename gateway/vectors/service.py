@@ -102,6 +102,13 @@ class VectorService:
         """Raises VectorStoreUnavailable when Qdrant is unreachable."""
         await self.store.ping()
 
+    def catalog_changed(self) -> None:
+        """A config reload added chat models: the next vector request makes their model collections (the start-up
+        work runs again; it skips the collections that exist)."""
+        if self._bootstrapped_at is not None:
+            self._bootstrapped_at = None
+            self._last_try = 0.0
+
     async def _make_model_collections(self, *, at_start: bool = False) -> None:
         """One shared collection per chat model, embedded with the default embedding model (idempotent)."""
         self._last_try = time.monotonic()

@@ -14,17 +14,62 @@ import tempfile
 import time
 from pathlib import Path
 
-VERSION = "citadel-demo-1"  # bump whenever the output of this script changes
+VERSION = "citadel-demo-2"  # bump whenever the output of this script changes
 STAMP = "citadel-demo.json"
 SEED = 1234
 VOCAB_SIZE = 2048
 SPECIAL_TOKENS = ["<unk>", "<s>", "<pad>", "<|im_start|>", "<|im_end|>"]  # ids 0..4
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# ChatML with the Hermes-2-Pro tool format, so vLLM's `hermes` tool-call parser reads its calls: the same text as
+# config/chat-templates/chatml-tools.jinja (kept here too: the image build copies this file alone).
+CHAT_TEMPLATE = r"""{#-
+    ChatML with the Hermes-2-Pro tool format (vLLM's `hermes` tool-call parser): the tools in the system turn,
+    calls as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, results in a `tool` turn inside
+    <tool_response>. Without tools it renders plain ChatML. The demo model carries the same template
+    (services/vllm/demo_model.py; tests/unit/test_tools_protocol.py keeps the two equal).
+-#}
+{%- macro text(content) -%}
+    {%- if content is string -%}{{ content }}
+    {%- elif content is iterable -%}
+        {%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{%- if tools -%}
+    {{- '<|im_start|>system\n' -}}
+    {%- if messages and messages[0]['role'] in ['system', 'developer'] -%}
+        {{- text(messages[0]['content']) + '\n\n' -}}
+    {%- endif -%}
+    {{- 'You are a function calling AI model. You are provided with function signatures within <tools></tools> '
+        ~ 'XML tags. You may call one or more functions to assist with the user query. Do not make assumptions '
+        ~ 'about what values to plug into functions.\n<tools>\n' -}}
+    {%- for tool in tools -%}
+        {{- (tool['function'] if tool['function'] is defined else tool) | tojson -}}{{- '\n' -}}
+    {%- endfor -%}
+    {{- '</tools>\nFor each function call, return a JSON object with the function name and arguments within '
+        ~ '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+        ~ '<args-json-object>}\n</tool_call><|im_end|>\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+    {%- if loop.first and tools and message['role'] in ['system', 'developer'] -%}
+    {%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- if message['content'] -%}{{- text(message['content']) + '\n' -}}{%- endif -%}
+        {%- for call in message['tool_calls'] -%}
+            {%- set function = call['function'] if call['function'] is defined else call -%}
+            {{- '<tool_call>\n{"name": ' + (function['name'] | tojson) + ', "arguments": ' -}}
+            {%- if function['arguments'] is string -%}{{- function['arguments'] -}}
+            {%- else -%}{{- function['arguments'] | tojson -}}
+            {%- endif -%}
+            {{- '}\n</tool_call>' + ('' if loop.last else '\n') -}}
+        {%- endfor -%}
+        {{- '<|im_end|>\n' -}}
+    {%- elif message['role'] == 'tool' -%}
+        {{- '<|im_start|>tool\n<tool_response>\n' + text(message['content']) + '\n</tool_response><|im_end|>\n' -}}
+    {%- else -%}
+        {{- '<|im_start|>' + message['role'] + '\n' + text(message['content']) + '<|im_end|>\n' -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+"""
 
 CORPUS = """\
 The citadel stood on a hill above the river, and its walls were older than anyone could remember.

@@ -13,6 +13,10 @@ Everything comes from the environment, which compose fills from config/models.ya
   CITADEL_VLLM_CPUS           the container's CPU limit (cgroup quota)
   VLLM_CPU_OMP_THREADS_BIND   auto | nobind | a core list such as 0-7 (vLLM's own variable)
   CITADEL_VLLM_EXTRA_ARGS     more vLLM flags, split like a shell would
+  CITADEL_VLLM_TOOL_CALL_PARSER  weights mode: vLLM's tool-call parser (config/models.yaml's tool_call_parser;
+                              empty: no tool calling). Demo mode: the demo model's own, hermes
+  CITADEL_VLLM_CHAT_TEMPLATE  weights mode: a chat template file (models.yaml's chat_template), relative to the
+                              application folder (/opt/citadel: the image, and hosts that clone the repository there)
   CITADEL_VLLM_HOST           the address to listen on (default 0.0.0.0: the container's own network)
   CITADEL_DEMO_MODEL_DIR      demo mode: where the demo chat model is, or is made (systemd hosts)
 
@@ -34,9 +38,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # The demo model is made while the image is built (deterministic, 1.7 MB); made at start-up when missing.
 BAKED_DEMO_DIR = Path("/opt/citadel/demo-chat")
-FALLBACK_DEMO_DIR = Path("/tmp/citadel-demo-chat")
+# bandit B108: only where neither the image's copy nor CITADEL_DEMO_MODEL_DIR is there: inside a container (its
+# own /tmp) or a systemd unit (PrivateTmp=true, and the units set CITADEL_DEMO_MODEL_DIR); it holds the demo model.
+FALLBACK_DEMO_DIR = Path("/tmp/citadel-demo-chat")  # nosec B108
 # The demo chat model's context (the same as the local profile in config/models.yaml) and the embedding model's.
 DEMO_MAX_MODEL_LEN = {"chat": 2048, "embedding": 256}
+# The image keeps this file at /opt/citadel/entrypoint.py; a clone of the repository at services/vllm/.
+APP_ROOT = HERE.parents[1] if HERE.parent.name == "services" else HERE
+# The demo chat model's chat template has the Hermes-2-Pro tool format (services/vllm/demo_model.py).
+DEMO_TOOL_CALL_PARSER = "hermes"
+# Compact JSON in structured outputs: the demo model's noise otherwise spends half its JSON tokens on whitespace.
+DEMO_STRUCTURED_OUTPUTS = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+# The same flags as gateway/catalog.py's tool_call_args (a unit test keeps the two equal).
+TOOL_STRICT_LEVEL = "parameter"
 TCMALLOC_CANDIDATES = (
     # vLLM's own CPU image preloads tcmalloc: a faster allocator for the many small tensors of CPU inference.
     "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
@@ -76,6 +90,21 @@ def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) ->
     return value
 
 
+def tool_call_args(parser: str | None, chat_template: str | None) -> list[str]:
+    """vLLM's flags for tool calling and a chat template (see gateway/catalog.py, which stack.py uses)."""
+    args = []
+    if parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser, "--tool-strict-level", TOOL_STRICT_LEVEL]
+    if chat_template:
+        args += ["--chat-template", chat_template]
+    return args
+
+
+def chat_template_path(value: str) -> str:
+    """A chat template file: relative paths are taken from the application folder."""
+    return str(APP_ROOT / value) if value and not value.startswith("/") else value
+
+
 def thread_settings(bind: str, *, cpus: float | None, allowed_cpus: int) -> tuple[dict[str, str], str]:
     """OpenMP thread binding for a container limited to `cpus` by a cgroup quota.
 
@@ -108,6 +137,8 @@ def plan(env: Mapping[str, str], *, allowed_cpus: int, demo_dir: Path, embed_dir
     cpus = _number(env, "CITADEL_VLLM_CPUS", float) if env.get("CITADEL_VLLM_CPUS", "").strip() else None
 
     extra: list[str] = []
+    parser = env.get("CITADEL_VLLM_TOOL_CALL_PARSER", "").strip() if kind == "chat" else ""
+    template = env.get("CITADEL_VLLM_CHAT_TEMPLATE", "").strip() if kind == "chat" else ""
     if mode == "demo":
         if kind == "embedding":
             if embed_dir is None:
@@ -120,7 +151,9 @@ def plan(env: Mapping[str, str], *, allowed_cpus: int, demo_dir: Path, embed_dir
         # Eager mode starts in half the time on small CPUs.
         extra = ["--enforce-eager", "--max-num-seqs", "8"]
         if kind == "chat":
-            extra = ["--dtype", "bfloat16", *extra]
+            extra = ["--dtype", "bfloat16", *extra, "--structured-outputs-config", DEMO_STRUCTURED_OUTPUTS]
+            # The demo model's own template shows it its tools, in the format of this parser.
+            parser, template = DEMO_TOOL_CALL_PARSER, ""
     else:
         model = _required(env, "CITADEL_VLLM_MODEL")
     if kind == "embedding":
@@ -133,19 +166,27 @@ def plan(env: Mapping[str, str], *, allowed_cpus: int, demo_dir: Path, embed_dir
     args = [
         "--model", model,
         "--served-model-name", name,
-        "--host", env.get("CITADEL_VLLM_HOST", "").strip() or "0.0.0.0",
+        # bandit B104: a container's port is reached through its network; hosts set CITADEL_VLLM_HOST.
+        "--host", env.get("CITADEL_VLLM_HOST", "").strip() or "0.0.0.0",  # nosec B104
         "--port", str(port),
         "--max-model-len", str(max_model_len),
         # Explicit: without it vLLM sizes the cache from the NUMA node's memory, not the container's limit.
         "--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30)),
         "--disable-uvicorn-access-log",
         *extra,
+        *tool_call_args(parser, chat_template_path(template)),
         *shlex.split(env.get("CITADEL_VLLM_EXTRA_ARGS", "")),
     ]  # fmt: skip
     notes = [
         f"serving {name!r} ({kind}, {mode} mode) from {model} on port {port}",
         f"context {max_model_len} tokens, KV cache {kv_cache_gb:g} GiB, {thread_note}",
     ]
+    if kind == "chat":
+        notes.append(
+            f"tool calling with the {parser!r} parser" + (f", chat template {template}" if template else "")
+            if parser
+            else "no tool calling (no tool-call parser configured)"
+        )
     # VLLM_CPU_KVCACHE_SPACE would override --kv-cache-memory-bytes (and takes whole GiB only).
     return Plan(args=args, env=thread_env, unset=("VLLM_CPU_KVCACHE_SPACE",), notes=notes)
 
@@ -200,6 +241,10 @@ def main() -> int:
             result.args[at], note = checked_weights(result.args[at], kind=kind, packaged_embed=embedding_model_dir())
             if note:
                 result.notes.insert(0, note)
+        if "--chat-template" in result.args:
+            template = Path(result.args[result.args.index("--chat-template") + 1])
+            if not template.is_file():
+                raise EntrypointError(f"no chat template at {template} (CITADEL_VLLM_CHAT_TEMPLATE)")
     except (EntrypointError, subprocess.CalledProcessError) as exc:
         print(f"[citadel-vllm] {exc}", file=sys.stderr, flush=True)
         return 2

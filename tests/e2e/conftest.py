@@ -6,10 +6,12 @@ Teardown sends SIGINT (what Ctrl-C does) and checks the runner stopped every pro
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
-from tests.support import processes
+from tests.support import logscan, processes
 from tests.support.catalogs import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "gateway": free_port(),
     }
     workdir = tmp_path_factory.mktemp("e2e")
+    cache = Path(tempfile.mkdtemp(prefix="citadel-e2e-cache-"))
     env = {
         **os.environ,
         "CITADEL_ADMIN_KEY": ADMIN_KEY,
@@ -49,7 +52,9 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "CITADEL_POSTGRES_PORT": str(ports["CITADEL_POSTGRES_PORT"]),
         "CITADEL_REDIS_PORT": str(ports["CITADEL_REDIS_PORT"]),
         # Its own PostgreSQL data, demo model and logs: a `make run` stack may be up beside it.
-        "CITADEL_CACHE_DIR": str(workdir / "cache"),
+        # Not under pytest's temporary folder: run as root, PostgreSQL's own user must traverse its parents, and
+        # any other pytest session that starts takes that access away from /tmp/pytest-of-root.
+        "CITADEL_CACHE_DIR": str(cache),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DATABASE_URL", None)
@@ -78,6 +83,8 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert code == 0, log.read_text()[-3000:]
         still_up = [name for name, port in ports.items() if _listening(port)]
         assert not still_up, f"still listening after Ctrl-C: {still_up}"
+        logscan.keep_log(cache / "logs" / "gateway.log", workdir)  # for the session's log scan
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

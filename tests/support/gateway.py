@@ -17,6 +17,10 @@ from tests.support import processes
 from tests.support.catalogs import ADMIN_KEY, write_models_file
 
 ROOT = Path(__file__).resolve().parents[2]
+# How long a gateway may take to answer (every worker started): a ceiling, not a wait. Each worker imports the
+# whole gateway; under coverage (`make test`) that is about half as slow again, and several workers start at
+# once on 2 shared cores.
+STARTUP_TIMEOUT_S = 60
 
 
 @dataclass
@@ -51,6 +55,7 @@ def start_gateway(workdir: Path, env: dict[str, str], *, workers: int = 1) -> Ga
         cwd=workdir,
         log=log,
         health_url=f"http://127.0.0.1:{port}/health",
+        timeout_s=STARTUP_TIMEOUT_S,
     )
     wait_for_startups(log, workers)
     return GatewayProcess(process=process, url=f"http://127.0.0.1:{port}", log=log)
@@ -65,7 +70,7 @@ def running_gateway(workdir: Path, env: dict[str, str], *, workers: int = 1) -> 
         processes.stop(gateway.process)
 
 
-def wait_for_startups(log: Path, count: int, timeout_s: float = 30) -> None:
+def wait_for_startups(log: Path, count: int, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     """Until `count` workers have logged their start (uvicorn restarts a killed worker: counts grow)."""
     deadline = time.monotonic() + timeout_s
     while log.read_text().count("Application startup complete") < count and time.monotonic() < deadline:

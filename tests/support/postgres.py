@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -37,23 +40,25 @@ def _quiet(line: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalPostgres | None]:
+async def postgres_server() -> AsyncIterator[LocalPostgres | None]:
     """The embedded server (started, database migrated to head), or None when DATABASE_URL names one."""
     external = os.environ.get("DATABASE_URL")
     if external:
         await migrate(external, echo=_quiet)
         yield None
         return
-    server = LocalPostgres(
-        tmp_path_factory.mktemp("postgres") / "data", free_port(), password=secrets.token_urlsafe(16)
-    )
-    server.start()
+    # Not under pytest's temporary folder: run as root, the server's user must traverse its parents, and every
+    # pytest session that starts (another one beside this, say) takes that access away from pytest-of-root.
+    workdir = Path(tempfile.mkdtemp(prefix="citadel-test-postgres-"))
+    server = LocalPostgres(workdir / "data", free_port(), password=secrets.token_urlsafe(16))
     try:
+        server.start()
         server.ensure_database()
         await migrate(server.url, echo=_quiet)
         yield server
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

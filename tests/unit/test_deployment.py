@@ -151,6 +151,9 @@ def test_model_services_have_the_resources_and_port_of_the_models_file(
         assert environment["VLLM_CPU_OMP_THREADS_BIND"], name
         assert environment["CITADEL_VLLM_MODE"] == "weights"
         assert environment["CITADEL_VLLM_MODEL"].startswith("/models/")
+        if spec.kind == "chat":  # tool calling: the models file's parser and template, with the same defaults
+            assert (environment["CITADEL_VLLM_TOOL_CALL_PARSER"] or None) == spec.tool_call_parser, name
+            assert (environment["CITADEL_VLLM_CHAT_TEMPLATE"] or None) == spec.chat_template, name
         # The container listens on the models file's port; only the published host port may differ.
         published = [str(p) for p in service["ports"]]
         assert any(p.endswith(f":{spec.port}") for p in published), (name, published)
@@ -168,6 +171,8 @@ def test_demo_mode_keeps_ports_and_serves_the_demo_model_within_small_limits(mod
         assert float(service["deploy"]["resources"]["limits"]["cpus"]) <= 1
         assert compose.memory_bytes(service["deploy"]["resources"]["limits"]["memory"]) <= 4 * 2**30
         assert float(service["environment"]["CITADEL_VLLM_KV_CACHE_GB"]) <= 0.125
+        if spec.kind == "chat":  # the demo model's tool format, as the gateway sees it
+            assert services["gateway"]["environment"][f"{name.upper()}_TOOL_CALL_PARSER"] == "hermes"
 
 
 def test_gateway_reaches_each_model_by_its_service_and_waits_for_what_it_needs(

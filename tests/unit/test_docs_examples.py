@@ -50,6 +50,7 @@ BODY_MODELS: dict[str, type[BaseModel]] = {
 def filled(text: str) -> str:
     """Placeholders (`<id>`, `<password>`, `<this host's address>`) replaced by sample values of their kind."""
     text = text.replace("<id>", "5f0c1c52-4b7e-4c59-9f5e-2f4d8a7f3b10")
+    text = re.sub(r"\$\([^()]*\)", "sample", text)  # a command substitution: one word on the command line
     return re.sub(r"<[a-z][^<>\n]*>", "sample", text)
 
 

@@ -162,7 +162,7 @@ def test_estimate_tokens() -> None:
     [
         ("chat", {"max_tokens": 100}, 100),
         ("chat", {"max_tokens": 100, "n": 4}, 400),
-        ("chat", {}, 2048),  # no max_tokens: all the model may write (its limit, within its context)
+        ("chat", {}, 4096),  # no max_tokens: all the server may write (its context, not the model's max_tokens)
         ("completions", {"prompt": ["a"] * 50, "max_tokens": 10, "n": 4}, 2000),  # 50 prompts x 4 choices
         ("completions", {"prompt": [1, 2, 3], "max_tokens": 10}, 10),  # one prompt given as token ids
         ("completions", {"prompt": [[1], [2]], "max_tokens": 10, "best_of": 3, "n": 2}, 60),

@@ -64,8 +64,9 @@ def test_systemd_readme_gives_each_model_the_values_of_the_models_file(models: d
             rows[cells[0]] = cells
     assert set(rows) == set(models)
     for name, spec in models.items():
-        _, kind, port, cpus, memory, max_len, kv = rows[name]
+        _, kind, port, cpus, memory, max_len, kv, parser, template = rows[name]
         assert (kind, int(port), int(max_len)) == (spec.kind, spec.port, spec.max_model_len), name
+        assert (parser or None, template or None) == (spec.tool_call_parser, spec.chat_template), name
         assert float(cpus.split()[0]) == spec.cpus and cpus.endswith(f"({int(spec.cpus * 100)}%)"), name
         assert compose.memory_bytes(memory) == int(spec.memory_gb * 2**30), name
         assert float(kv) == spec.kv_cache_gb, name
@@ -76,3 +77,4 @@ def test_systemd_readme_gives_each_model_the_values_of_the_models_file(models: d
     assert int(example["CITADEL_VLLM_PORT"]) == mixtral.port
     assert float(example["CITADEL_VLLM_KV_CACHE_GB"]) == mixtral.kv_cache_gb
     assert int(example["CITADEL_VLLM_MAX_MODEL_LEN"]) == mixtral.max_model_len
+    assert (example["CITADEL_VLLM_TOOL_CALL_PARSER"] or None) == mixtral.tool_call_parser

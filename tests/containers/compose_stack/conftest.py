@@ -6,6 +6,7 @@ containers. The fault tests (test_faults.py) run last: they kill, pause and rest
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -80,6 +81,10 @@ def stack(
         yield running
     finally:
         with_tests = time.monotonic() - started
+        with contextlib.suppress(Exception):  # for the session's log scan (tests/support/logscan.py)
+            stacks.run(
+                config, "logs", "--no-color", "gateway", env=docker_env, log=folder / "gateway.log", timeout_s=120
+            )
         deployment.stop()  # `down --volumes`
         # Images that this run's builds replaced: the disk would otherwise grow by gigabytes a run.
         subprocess.run(["docker", "image", "prune", "--force"], env=docker_env, capture_output=True, check=False)

@@ -1,0 +1,92 @@
+"""The OpenAPI schema the gateway serves (gateway/api/openapi_schema.py): every route has a request body when it
+reads one, a response model, its errors in OpenAI's shape, and no FastAPI 422; the schema refers only to what it
+defines. The fuzz tier (tests/e2e/test_fuzz_api.py) checks the running gateway's answers against it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from tests.conftest import make_settings
+from tests.support.catalogs import chat_entry, write_models_file
+
+ERROR_REF = "#/components/schemas/ErrorResponse"
+# Routes that stay out of the schema (docs/api.md, "The OpenAPI schema").
+OUTSIDE = {"/metrics", "/status", "/status/data", "/openapi.json"}
+# POST routes that take no body.
+NO_BODY = {"/admin/reload"}
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    models = write_models_file(tmp_path_factory.mktemp("openapi") / "models.yaml", {"m": chat_entry("http://x")})
+    return create_app(make_settings(models)).openapi()
+
+
+def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, item in schema["paths"].items() for method, op in item.items()]
+
+
+def test_no_route_declares_fastapis_422(schema: dict[str, Any]) -> None:
+    text = json.dumps(schema)
+    assert '"422"' not in text and "HTTPValidationError" not in text
+
+
+def test_every_post_route_documents_its_json_body(schema: dict[str, Any]) -> None:
+    posts = [(path, op) for method, path, op in operations(schema) if method == "post" and path not in NO_BODY]
+    assert len(posts) >= 8
+    for path, op in posts:
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+        assert body and "$ref" in body, path
+
+
+def test_every_route_has_a_response_model_and_its_errors_in_openai_shape(schema: dict[str, Any]) -> None:
+    for method, path, op in operations(schema):
+        success = [code for code in op["responses"] if code.startswith("2")]
+        assert success, (method, path)
+        for code in success:
+            content = op["responses"][code].get("content", {})
+            assert content.get("application/json", {}).get("schema"), (method, path, code)
+        errors = [code for code in op["responses"] if code[0] in "45"]
+        assert "400" in errors, (method, path)
+        for code in errors:
+            declared = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            assert declared == ERROR_REF or (path == "/health/ready" and code == "503"), (method, path, code)
+
+
+def test_keyed_routes_declare_bearer_auth_and_401(schema: dict[str, Any]) -> None:
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for method, path, op in operations(schema):
+        public = path in ("/health", "/health/ready")
+        assert ("security" in op) is not public, (method, path)
+        assert ("401" in op["responses"]) is not public, (method, path)
+
+
+def test_streams_are_documented_event_by_event(schema: dict[str, Any]) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        content = schema["paths"][path]["post"]["responses"]["200"]["content"]
+        assert set(content) == {"application/json", "text/event-stream"}
+        data = content["text/event-stream"]["itemSchema"]["properties"]["data"]
+        assert data["if"] == {"const": "[DONE]"}
+        assert {"$ref": ERROR_REF} in data["else"]["contentSchema"]["anyOf"]
+
+
+def test_the_schema_refers_only_to_what_it_defines(schema: dict[str, Any]) -> None:
+    defined = set(schema["components"]["schemas"])
+    text = json.dumps(schema)
+    referred = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
+    assert referred <= defined, referred - defined
+    assert not OUTSIDE & set(schema["paths"])
+
+
+def test_the_inference_routes_return_the_upstream_bytes_unvalidated(tmp_path: Path) -> None:
+    """The hot path: no response model to validate or serialize (the shape is documented only)."""
+    models = write_models_file(tmp_path / "models.yaml", {"m": chat_entry("http://x")})
+    app = create_app(make_settings(models))
+    for route in app.routes:
+        if getattr(route, "path", "") in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            assert route.response_model is None  # type: ignore[attr-defined]
