@@ -67,9 +67,13 @@ def run_reload(args: argparse.Namespace) -> int:
     if not key:
         print("citadel: no admin key: pass --key or set CITADEL_ADMIN_KEY (environment or .env)", file=sys.stderr)
         return 2
+    if not url.startswith(("http://", "https://")):
+        print(f"citadel: --url must be an http:// or https:// address, not {url[:100]!r}", file=sys.stderr)
+        return 2
     request = urllib.request.Request(f"{url}/admin/reload", method="POST", headers={"Authorization": f"Bearer {key}"})
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+        # The scheme is checked above: http(s) only, never file:// or a custom opener.
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:  # nosec B310
             report = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:

@@ -129,7 +129,8 @@ class LocalWeights:
 
 
 def local_hosts() -> set[str]:
-    names = {"localhost", "0.0.0.0", "::", "::1", "ip6-localhost"}
+    # Names compared with a configured host, to tell "this host" from another; nothing binds to them.
+    names = {"localhost", "0.0.0.0", "::", "::1", "ip6-localhost"}  # nosec B104
     with contextlib.suppress(OSError):
         names.add(socket.gethostname())
     return names

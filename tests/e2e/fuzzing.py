@@ -25,8 +25,11 @@ MODELS = (*CHAT_MODELS, "embed")
 # Made by the tier's fixtures before the cases run (test_fuzz_api.py `seeded`); "absent" never exists.
 COLLECTIONS = ("fuzz-user", "fuzz-shared", "model-phi3", "absent")
 DOCUMENT = "doc-1"
-SESSIONS = tuple(str(uuid.UUID(int=n)) for n in (1, 2))  # chats with X-Session-ID keep these
-RATED = {"user": "fuzz-rated-user", "admin": "fuzz-rated-admin"}  # X-Request-ID of one chat per key
+# New for each run (a gateway may be fuzzed twice): the conversation sessions of the user's and the admin's chats,
+# and the X-Request-ID of one chat of each, to rate.
+_RUN = uuid.uuid4().hex[:8]
+SESSIONS = (str(uuid.uuid4()), str(uuid.uuid4()))
+RATED = {"user": f"fuzz-rated-user-{_RUN}", "admin": f"fuzz-rated-admin-{_RUN}"}
 ERROR_FIELDS = {"message", "type", "param", "code"}
 GENERATING = ("/v1/chat/completions", "/v1/completions")
 
@@ -87,7 +90,13 @@ _MESSAGE = st.fixed_dictionaries(
 )
 _METADATA = st.dictionaries(
     st.sampled_from(["topic", "year", "tags", "draft"]),
-    st.one_of(_TEXT, st.integers(-(2**53), 2**53), st.floats(allow_nan=False), st.booleans(), st.lists(_TEXT)),
+    st.one_of(
+        _TEXT,
+        st.integers(-(2**53), 2**53),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.lists(_TEXT),
+    ),
     max_size=3,
 )
 _FILTER = st.dictionaries(
@@ -96,7 +105,9 @@ _FILTER = st.dictionaries(
         _TEXT,
         st.integers(),
         st.lists(_TEXT, min_size=1, max_size=3),
-        st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte"]), st.floats(allow_nan=False), min_size=1),
+        st.dictionaries(
+            st.sampled_from(["gt", "gte", "lt", "lte"]), st.floats(allow_nan=False, allow_infinity=False), min_size=1
+        ),
     ),
     max_size=2,
 )
