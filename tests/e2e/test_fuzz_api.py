@@ -64,6 +64,8 @@ OPERATIONS = sorted(
     ),
     key=lambda operation: (operation[0] == "DELETE", operation[1], operation[0]),
 )
+# uvicorn's own answer to a request its HTTP parser refuses (uvicorn/protocols/http/httptools_impl.py).
+UVICORN_PARSER_REFUSAL = b"Invalid HTTP request received."
 # (operation, caller) -> statuses seen.
 SEEN: dict[tuple[str, str], Counter[int]] = {}
 
@@ -184,6 +186,10 @@ def test_fuzz(
         # A copy: the transport adds its own headers to the dict it is given.
         response = case.call(base_url=url, session=http, headers=dict(headers), timeout=120)
         seen[response.status_code] += 1
+        if response.status_code == 400 and response.content == UVICORN_PARSER_REFUSAL:
+            # Bytes that are not HTTP (a generated header value with a control character, say): uvicorn's parser
+            # answers them itself before any gateway code runs (tests/integration/test_audit_completeness.py).
+            return
         readiness = path == "/health/ready"  # its 503 body is the readiness document (checked by the schema)
         case.validate_response(response, checks=READINESS_CHECKS if readiness else CHECKS, headers=headers)
         if not (readiness and response.status_code == 503):
