@@ -102,10 +102,15 @@ class RevocationListener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        # Cancel until it ends: a cancellation that lands as redis-py's read timeout fires can be swallowed
+        # (Python 3.11's asyncio.timeout), and one cancel() alone would leave shutdown waiting forever.
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def wait_subscribed(self, timeout_s: float) -> bool:
         try:
