@@ -322,10 +322,15 @@ class ReloadListener:
 
     async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        # Cancel until it ends, as gateway/revocation.py does: a cancellation that lands as redis-py's read timeout
+        # fires can be swallowed (Python 3.11's asyncio.timeout), and one cancel() would leave shutdown waiting.
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def handle(self, data: object) -> None:
         """One message: reload unless this worker sent it."""
