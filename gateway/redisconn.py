@@ -24,6 +24,7 @@ are not Redis' own are counted as "unexpected:<class>" and logged with their tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -256,3 +257,13 @@ def _discard(operation: object) -> None:
     """Close a coroutine we will not await (no 'never awaited' warning)."""
     if inspect.iscoroutine(operation):
         operation.close()
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Stop a Redis listener task for good. Cancel until it ends: a cancellation that lands as redis-py's read
+    timeout fires can be swallowed (Python 3.11's asyncio.timeout), and one cancel() would leave shutdown waiting."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

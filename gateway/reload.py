@@ -70,6 +70,7 @@ from .observability.metrics import count_config_reload
 from .observability.requests import RequestObserver
 from .observability.window import StatusBoard
 from .readiness import Readiness
+from .redisconn import cancel_and_wait
 from .settings import Settings, config_environment
 from .store.db import is_connection_error
 from .store.model_records import sync_models
@@ -322,15 +323,8 @@ class ReloadListener:
 
     async def __aexit__(self, *exc_info: object) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        # Cancel until it ends, as gateway/revocation.py does: a cancellation that lands as redis-py's read timeout
-        # fires can be swallowed (Python 3.11's asyncio.timeout), and one cancel() would leave shutdown waiting.
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            await cancel_and_wait(task)
 
     def handle(self, data: object) -> None:
         """One message: reload unless this worker sent it."""

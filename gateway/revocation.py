@@ -35,6 +35,8 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from .redisconn import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "citadel:keys:revoked"
@@ -102,15 +104,8 @@ class RevocationListener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        # Cancel until it ends: a cancellation that lands as redis-py's read timeout fires can be swallowed
-        # (Python 3.11's asyncio.timeout), and one cancel() alone would leave shutdown waiting forever.
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def wait_subscribed(self, timeout_s: float) -> bool:
         try:
