@@ -246,15 +246,17 @@ class LocalPostgres:
 
     def ensure_database(self) -> None:
         """Create the application role (LOGIN CREATEDB) and database if missing; reset the role's password."""
-        role, database = sql_identifier(self.user), sql_identifier(self.database)
-        # bandit B608: the names and password are this runner's own settings (not request data), quoted above.
+        role, user, database = sql_identifier(self.user), sql_literal(self.user), sql_literal(self.database)
+        # The statements \gexec runs are built by the server's format(%I) from literals: a name with a quote in it
+        # stays one identifier (an identifier pasted inside a string literal would end the literal early).
+        # bandit B608: the names and password are this runner's own settings (not request data), quoted here.
         script = "\n".join(
             [
-                f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS "  # nosec B608
-                f"(SELECT FROM pg_roles WHERE rolname = {sql_literal(self.user)}) \\gexec",
+                f"SELECT format('CREATE ROLE %I', {user}) WHERE NOT EXISTS "  # nosec B608
+                f"(SELECT FROM pg_roles WHERE rolname = {user}) \\gexec",
                 f"ALTER ROLE {role} WITH LOGIN CREATEDB PASSWORD {sql_literal(self.password)};",
-                f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "  # nosec B608
-                f"(SELECT FROM pg_database WHERE datname = {sql_literal(self.database)}) \\gexec",
+                f"SELECT format('CREATE DATABASE %I OWNER %I', {database}, {user}) WHERE NOT EXISTS "  # nosec B608
+                f"(SELECT FROM pg_database WHERE datname = {database}) \\gexec",
             ]
         )
         self.psql(script)
