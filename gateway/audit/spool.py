@@ -85,8 +85,12 @@ class Spool:
                 budget -= len(line)
             else:
                 dropped += 1
-        if lines and not self._write(b"".join(lines)):
-            dropped, lines = dropped + len(lines), []
+        data = b"".join(lines)
+        written = self._write(data) if lines else 0
+        if written < len(data):
+            # The disk failed part way: the lines written whole are on disk (they will be replayed), the rest lost.
+            whole = _whole_lines(lines, written)
+            dropped, lines = dropped + len(lines) - whole, lines[:whole]
         if dropped:
             self.drops.add(dropped)
         return len(lines)
@@ -149,20 +153,27 @@ class Spool:
                 sizes[int(match.group(1))] = path.stat().st_size
         return sizes
 
-    def _write(self, data: bytes) -> bool:
-        """Write and fsync; on a disk error the segment is sealed, so a torn line can only end a segment."""
+    def _write(self, data: bytes) -> int:
+        """Write and fsync; returns the bytes written. On a disk error the segment is sealed, so a torn line can
+        only end a segment (reading back skips it)."""
+        written = 0
         try:
             fd, seq = self._segment_for_append()
-            self._sizes[seq] += _write_all(fd, data)
+            view = memoryview(data)
+            while view:
+                count = _write_some(fd, view)
+                written += count
+                view = view[count:]
+            self._sizes[seq] += written
             os.fsync(fd)
         except OSError as exc:
             log.error("audit spool: write failed (%s)", errno.errorcode.get(exc.errno or 0, type(exc).__name__))
             self._resync_open_size()
             self.seal()
-            return False
+            return written
         if self._sizes[seq] >= self.segment_bytes:
             self.seal()
-        return True
+        return written
 
     def _resync_open_size(self) -> None:
         if self._open_seq is not None:
@@ -216,11 +227,20 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    return len(data)
+def _write_some(fd: int, data: memoryview) -> int:
+    """One write(2): the bytes it took (a disk that fills part way takes fewer, then fails)."""
+    return os.write(fd, data)
+
+
+def _whole_lines(lines: list[bytes], written: int) -> int:
+    """How many of `lines`, written one after another, lie whole within the first `written` bytes."""
+    whole, end = 0, 0
+    for line in lines:
+        end += len(line)
+        if end > written:
+            break
+        whole += 1
+    return whole
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,6 +1,7 @@
-"""The audit spool when the disk misbehaves: a write that fails halfway (disk full) loses only that batch,
-counted and logged, never the rows already on disk, and the spool goes on writing once space is back; a
-segment someone deleted by hand is skipped with a warning, not retried forever."""
+"""The audit spool when the disk misbehaves: a write that fails halfway (disk full) loses only the records of
+that batch that did not reach the disk whole, counted and logged, never the rows already on disk, and the spool
+goes on writing once space is back; a segment someone deleted by hand is skipped with a warning, not retried
+forever."""
 
 from __future__ import annotations
 
@@ -34,21 +35,25 @@ def test_a_write_that_fails_halfway_loses_only_its_own_batch(
     spool = Spool(tmp_path / "spool", max_bytes=1_000_000)
     assert spool.append(records(0, 3)) == 3
 
-    real_write_all = spool_module._write_all
+    real_write_some = spool_module._write_some
+    calls = 0
 
-    def disk_full_halfway(fd: int, data: bytes) -> int:
+    def disk_full_halfway(fd: int, data: memoryview) -> int:
         # The first line and a piece of the second reach the disk, then the disk is full.
-        os.write(fd, data[: data.index(b"\n") + 10])
-        raise OSError(errno.ENOSPC, "No space left on device")
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data[: bytes(data).index(b"\n") + 10])
 
-    monkeypatch.setattr(spool_module, "_write_all", disk_full_halfway)
+    monkeypatch.setattr(spool_module, "_write_some", disk_full_halfway)
     with caplog.at_level(logging.WARNING, logger="gateway.audit.spool"):
-        assert spool.append(records(3, 2)) == 0
-    # Counted as the whole batch (an upper bound: a line that made it to the disk is still replayed).
-    assert spool.dropped == 2
-    assert "ENOSPC" in caplog.text and "dropped 2 audit record(s)" in caplog.text
+        assert spool.append(records(3, 2)) == 1
+    # The line that reached the disk whole is kept (it is replayed); only the torn one is counted lost.
+    assert spool.dropped == 1
+    assert "ENOSPC" in caplog.text and "dropped 1 audit record(s)" in caplog.text
 
-    monkeypatch.setattr(spool_module, "_write_all", real_write_all)  # space is back
+    monkeypatch.setattr(spool_module, "_write_some", real_write_some)  # space is back
     assert spool.append(records(5, 2)) == 2
     # The rows before and after are all there, in order, and the whole line that made it; the torn one is
     # skipped, not misread, and nothing is appended after it (the segment was sealed).
