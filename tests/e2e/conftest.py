@@ -23,8 +23,6 @@ from tests.support import logscan, processes
 from tests.support.catalogs import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
-# Model servers take 1-3 minutes on 2 cores; the first run also makes the demo model.
-STACK_READY_TIMEOUT_S = 900
 
 
 def _listening(port: int) -> bool:
@@ -67,7 +65,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cwd=ROOT,
         log=log,
         health_url=f"{url}/health",
-        timeout_s=STACK_READY_TIMEOUT_S,
+        timeout_s=processes.STACK_READY_TIMEOUT_S,
     )
     try:
         yield url

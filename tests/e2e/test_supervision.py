@@ -1,5 +1,6 @@
 """The local stack supervises its servers (issue 14): kill -9 of the chat model server, Redis or PostgreSQL under
-requests leaves the gateway and the other servers answering, the runner starts the dead one again (the seconds
+requests leaves the gateway and the other servers answering; kill -9 of the gateway leaves the model servers
+running untouched; the runner starts the dead one again (the seconds
 until its requests succeed again, the MTTR, are printed), nothing of the killed process group survives, and
 Ctrl-C afterwards leaves no process behind.
 
@@ -10,123 +11,49 @@ servers under the session stack would disturb the other e2e tests that share it.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
 
 from services.local_server import group_members
-from tests.conftest import free_port
-from tests.e2e.conftest import STACK_READY_TIMEOUT_S
-from tests.support import processes
-from tests.support.catalogs import ADMIN_KEY
+from tests.support.supervised_stack import (
+    CHAT,
+    EMBED,
+    HEADERS,
+    SupervisedStack,
+    group_of,
+    live,
+    succeeds,
+    supervised_stack,
+    until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[2]
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CHAT = {"model": "phi3", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}
-EMBED = {"model": "embed", "input": ["the rest keeps serving"]}
 # A model server restarts in 1-3 minutes on 2 shared cores; PostgreSQL and Redis in about a second.
 RECOVERY_TIMEOUT_S = 600
 
 
-@dataclass
-class Stack:
-    url: str
-    runner: subprocess.Popen[bytes]
-    log: Path
-    mttr: dict[str, float] = field(default_factory=dict)
-
-    def pid(self, name: str) -> int:
-        """The newest pid the runner reported for server `name` (it prints each start and restart)."""
-        found = re.findall(rf"{re.escape(name)}: (?:starting|started again) \(pid (\d+)", self.log.read_text())
-        assert found, f"no pid of {name} in the runner's output"
-        return int(found[-1])
-
-    def post(self, path: str, body: Mapping[str, object], timeout_s: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, headers=HEADERS, timeout=timeout_s)
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("supervised")
-    # The stack's data outside pytest's folder: run as root, PostgreSQL's user must traverse its parents, and
-    # every pytest session that starts meanwhile takes that access away from pytest-of-root.
-    cache = Path(tempfile.mkdtemp(prefix="citadel-e2e-supervision-"))
-    gateway_port = free_port()
-    env = {
-        **os.environ,
-        "CITADEL_ADMIN_KEY": ADMIN_KEY,
-        "CITADEL_PROFILE": "local",
-        "CITADEL_DEMO_CHAT_PORT": str(free_port()),
-        "CITADEL_EMBED_PORT": str(free_port()),
-        "CITADEL_POSTGRES_PORT": str(free_port()),
-        "CITADEL_REDIS_PORT": str(free_port()),
-        "CITADEL_CACHE_DIR": str(cache),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    log = workdir / "stack.log"
-    url = f"http://127.0.0.1:{gateway_port}"
-    runner = processes.start(
-        [sys.executable, "-m", "services.stack", "--gateway-port", str(gateway_port)],
-        env=env,
-        cwd=ROOT,
-        log=log,
-        health_url=f"{url}/health",
-        timeout_s=STACK_READY_TIMEOUT_S,
-    )
-    stack = Stack(url=url, runner=runner, log=log)
-    try:
-        yield stack
-    finally:
-        processes.stop(runner, sig=signal.SIGKILL)  # a no-op once the last test has stopped it with Ctrl-C
-        shutil.rmtree(cache, ignore_errors=True)
-        print("MTTR (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stack.mttr.items()))
-
-
-def _until(check: Callable[[], bool], *, timeout_s: float, what: str, meanwhile: Callable[[], None]) -> float:
-    """Seconds until `check()` passes, calling `meanwhile()` (assertions on the rest of the stack) in between."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"{what} not back within {timeout_s}s"
-        meanwhile()
-        time.sleep(0.5)
-    return time.monotonic() - started
-
-
-def _succeeds(call: Callable[[], httpx.Response]) -> bool:
-    try:
-        return call().status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _group_of(pid: int) -> list[int]:
-    members = group_members(pid)
-    assert pid in members, f"{pid} does not lead a process group"
-    return members
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisedStack]:
+    with supervised_stack(tmp_path_factory.mktemp("supervised") / "stack.log") as stack:
+        try:
+            yield stack
+        finally:
+            print("MTTR (s): " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stack.mttr.items()))
 
 
 def test_killed_chat_model_server_comes_back_while_the_rest_keeps_serving(
-    stack: Stack, capsys: pytest.CaptureFixture[str]
+    stack: SupervisedStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert stack.post("/v1/chat/completions", CHAT).status_code == 200
     leader = stack.pid("vllm-demo-chat")
-    group = _group_of(leader)
+    group = group_of(leader)
     assert len(group) >= 2, "vLLM's API server runs its engine core in a child process"
 
     # A few requests in flight when it dies: each must end (an error), none may hang.
@@ -153,8 +80,8 @@ def test_killed_chat_model_server_comes_back_while_the_rest_keeps_serving(
         answer = stack.post("/v1/chat/completions", CHAT)
         chat_answers.append((answer.status_code, answer.json().get("error", {}).get("code", "")))
 
-    chat_back = _until(
-        lambda: _succeeds(lambda: stack.post("/v1/chat/completions", CHAT)),
+    chat_back = until(
+        lambda: succeeds(lambda: stack.post("/v1/chat/completions", CHAT)),
         timeout_s=RECOVERY_TIMEOUT_S,
         what="chat",
         meanwhile=others_keep_serving,
@@ -173,14 +100,14 @@ def test_killed_chat_model_server_comes_back_while_the_rest_keeps_serving(
     assert failures and all(answer == (503, "model_unavailable") for answer in failures[1:]), chat_answers
     assert failures[0][0] in (502, 503), chat_answers
     # Nothing of the killed server survived (its engine core would hold memory and, maybe, the port).
-    assert group_members(leader) == [] and not any(_live(pid) for pid in group)
+    assert group_members(leader) == [] and not any(live(pid) for pid in group)
     output = stack.log.read_text()
     assert "vllm-demo-chat exited (killed by SIGKILL)" in output and "vllm-demo-chat: restarting in" in output
     assert stack.pid("vllm-demo-chat") != leader and stack.runner.poll() is None
 
 
 def test_killed_redis_and_postgres_come_back_while_chat_keeps_answering(
-    stack: Stack, capsys: pytest.CaptureFixture[str]
+    stack: SupervisedStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def chat_answers() -> None:
         assert stack.post("/v1/chat/completions", CHAT).status_code == 200
@@ -192,19 +119,19 @@ def test_killed_redis_and_postgres_come_back_while_chat_keeps_answering(
     # Redis: limits and the cache fail open meanwhile; back once readiness sees it again.
     leader = stack.pid("redis")
     os.kill(leader, signal.SIGKILL)
-    redis_back = _until(lambda: ready("redis"), timeout_s=60, what="redis", meanwhile=chat_answers)
+    redis_back = until(lambda: ready("redis"), timeout_s=60, what="redis", meanwhile=chat_answers)
     assert stack.pid("redis") != leader
     # PostgreSQL: the bootstrap admin key and the audit spool carry chat meanwhile; the admin API needs it.
     leader = stack.pid("postgres")
-    backends = _group_of(leader)
+    backends = group_of(leader)
     os.kill(leader, signal.SIGKILL)
-    admin_back = _until(
-        lambda: _succeeds(lambda: httpx.get(f"{stack.url}/admin/keys", headers=HEADERS, timeout=10)),
+    admin_back = until(
+        lambda: succeeds(lambda: httpx.get(f"{stack.url}/admin/keys", headers=HEADERS, timeout=10)),
         timeout_s=60,
         what="the admin API (PostgreSQL)",
         meanwhile=chat_answers,
     )
-    assert group_members(leader) == [] and not any(_live(pid) for pid in backends)
+    assert group_members(leader) == [] and not any(live(pid) for pid in backends)
     stack.mttr |= {"redis": redis_back, "postgres": admin_back}
     with capsys.disabled():
         print(f"\nMTTR redis (kill -9 to readiness healthy): {redis_back:.1f}s")
@@ -212,7 +139,35 @@ def test_killed_redis_and_postgres_come_back_while_chat_keeps_answering(
     assert "redis exited (killed by SIGKILL)" in stack.log.read_text()
 
 
-def test_ctrl_c_then_leaves_no_process_behind(stack: Stack) -> None:
+def test_killed_gateway_comes_back_and_the_model_servers_keep_running(
+    stack: SupervisedStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stack.post("/v1/chat/completions", CHAT).status_code == 200
+    models = {name: stack.pid(name) for name in ("vllm-demo-chat", "vllm-embed")}
+    leader = stack.pid("gateway")
+    os.kill(leader, signal.SIGKILL)
+
+    def model_servers_keep_answering() -> None:
+        # Straight to their ports: nothing of a model server depends on the gateway that fronts it.
+        assert stack.model_server_answers("demo-chat") and stack.model_server_answers("embed")
+
+    gateway_back = until(
+        lambda: succeeds(lambda: stack.post("/v1/chat/completions", CHAT)),
+        timeout_s=180,
+        what="the gateway",
+        meanwhile=model_servers_keep_answering,
+    )
+    assert stack.post("/v1/embeddings", EMBED).status_code == 200
+    # The same model server processes as before: the gateway's restart neither stopped nor restarted them.
+    assert {name: stack.pid(name) for name in models} == models and all(live(pid) for pid in models.values())
+    assert stack.pid("gateway") != leader and not live(leader)
+    assert "gateway exited (killed by SIGKILL)" in stack.log.read_text()
+    stack.mttr["gateway"] = gateway_back
+    with capsys.disabled():
+        print(f"\nMTTR gateway (kill -9 of the gateway to a chat answer through it): {gateway_back:.1f}s")
+
+
+def test_ctrl_c_then_leaves_no_process_behind(stack: SupervisedStack) -> None:
     runner = psutil.Process(stack.runner.pid)
     # Every server leads a process group of its own (the watchdog too): everything in them, and below them.
     leaders = runner.children()
@@ -222,15 +177,8 @@ def test_ctrl_c_then_leaves_no_process_behind(stack: Stack) -> None:
     os.kill(stack.runner.pid, signal.SIGINT)
     assert stack.runner.wait(timeout=90) == 0, stack.log.read_text()[-3000:]
     deadline = time.monotonic() + 15  # the watchdog exits just after the runner
-    while any(_live(pid) for pid in everything) and time.monotonic() < deadline:
+    while any(live(pid) for pid in everything) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [psutil.Process(pid).cmdline()[:3] for pid in everything if _live(pid)]
+    left = [psutil.Process(pid).cmdline()[:3] for pid in everything if live(pid)]
     assert not left, f"left behind after Ctrl-C: {left}"
     assert all(group_members(leader.pid) == [] for leader in leaders)
-
-
-def _live(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

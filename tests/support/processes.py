@@ -12,6 +12,9 @@ from pathlib import Path
 
 from services.local_server import LocalServer, ServerError, stop_groups
 
+# A whole stack's first start: model servers take 1-3 minutes on 2 cores; the first run also makes the demo model.
+STACK_READY_TIMEOUT_S = 900
+
 
 def answers(url: str, timeout_s: float = 1.0) -> bool:
     """True when GET `url` answers 200."""
