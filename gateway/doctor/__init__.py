@@ -5,7 +5,12 @@ findings.py  Finding {check, status ok|warn|fail, detail, fix, latency_ms}; chec
 config.py    settings and the models file; what the configuration asks of this host (local model servers,
              their ports, CPUs, memory, weights)
 services.py  PostgreSQL (version, clock skew, migrations at head), Redis, Qdrant, every model replica
-host.py      ports (free, or which process holds them), CPU and memory, disk, weights, audit spool, versions
+ports.py     ports: free, held by the gateway or a model server, or taken (by which process, from /proc)
+resources.py CPUs and memory (affinity, cgroup limits) against what the models file asks of this host
+disk.py      free space on each filesystem holding the cache, spool, weights
+weights.py   each local model server's weights present and readable, or where vLLM downloads them from
+spool.py     the audit spool's backlog against its limit
+versions.py  Python, the gateway, vLLM, and each model server's version
 remote.py    --url: /health, /health/ready (each dependency and replica), /v1/models with a key
 runner.py    runs them all, concurrently where they wait, in a fixed order
 report.py    the table (colour on a TTY only) and --json; exit status 0 ok (warnings allowed), 1 a failure

@@ -1,4 +1,4 @@
-"""What several checks share: fix texts, how to start a model server, an HTTP error in a few words, URLs.
+"""What several checks share: fix texts, how to start a model server, an HTTP error in a few words, URLs, GB.
 Light on imports: `citadel doctor --url` needs no database or Redis client."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+GB = 1024**3  # bytes in the GB of every size the doctor reports
 POSTGRES_DOWN_FIX = (
     "start PostgreSQL (`make run` starts an embedded one; `docker compose up -d postgres`; "
     "`systemctl start postgresql`) or correct the host and port in DATABASE_URL"

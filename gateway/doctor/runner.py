@@ -14,23 +14,14 @@ import aiohttp
 from ..catalog import Catalog
 from ..settings import REPO_ROOT, Settings
 from .config import LocalWeights, check_catalog, check_settings, environment, local_servers, local_weights, read_raw
+from .disk import check_disk
 from .findings import Finding, crashed, guarded, in_thread
-from .host import (
-    check_disk,
-    gateway_port_finding,
-    hf_cache_dir,
-    is_hub_id,
-    model_port_findings,
-    port_holders,
-    reaches_hub,
-    read_resources,
-    resource_findings,
-    spool_finding,
-    versions_finding,
-    vllm_version,
-    weights_finding,
-)
+from .ports import gateway_port_finding, model_port_findings, port_holders
+from .resources import read_resources, resource_findings
 from .services import ReplicaProbe, check_postgres, check_qdrant, check_redis, probe_replicas, replica_findings
+from .spool import spool_finding
+from .versions import versions_finding, vllm_version
+from .weights import hf_cache_dir, is_hub_id, reaches_hub, weights_finding
 
 T = TypeVar("T")
 

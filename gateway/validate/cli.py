@@ -12,8 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from .environment import same_host
+from .options import Options, UsageError
+from .progress import Progress
 from .report import ValidationReport, write_reports
-from .runner import Options, Progress, UsageError, validate
+from .runner import validate
 
 DEFAULT_CONFIG = Path("config") / "models.yaml"
 
@@ -113,8 +116,6 @@ def _env_value(name: str, env_file: Path = Path(".env")) -> str | None:
 
 def options_from(args: argparse.Namespace) -> Options:
     """The run's options; UsageError when something needed is missing."""
-    from .runner import same_host
-
     key = args.key or _env_value("CITADEL_ADMIN_KEY")
     if not key:
         raise UsageError("no key: pass --key or set CITADEL_ADMIN_KEY (environment or .env)")

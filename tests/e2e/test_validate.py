@@ -23,8 +23,11 @@ import httpx
 import pytest
 import yaml
 
+from gateway.validate.database import DATABASE_QUERIES
+from gateway.validate.options import Options
+from gateway.validate.progress import Progress
 from gateway.validate.report import DEMO_WARNING, JSON_NAME, MARKDOWN_NAME, SCHEMA
-from gateway.validate.runner import DATABASE_QUERIES, Options, Progress, validate
+from gateway.validate.runner import validate
 from tests.conftest import free_port
 from tests.support import processes
 from tests.support.catalogs import ADMIN_KEY

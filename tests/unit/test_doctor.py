@@ -31,28 +31,12 @@ from gateway.doctor.config import (
     local_weights,
     read_raw,
 )
+from gateway.doctor.disk import check_disk
 from gateway.doctor.findings import Finding, crashed, fail, guarded, in_thread, ok, warn, worst
-from gateway.doctor.host import (
-    Holder,
-    HostResources,
-    bind_probe,
-    check_disk,
-    gateway_port_finding,
-    hf_cache_dir,
-    holders_of,
-    local_path_problem,
-    model_port_findings,
-    port_holders,
-    reaches_hub,
-    read_resources,
-    resource_findings,
-    spool_finding,
-    versions_finding,
-    vllm_version,
-    weights_finding,
-)
+from gateway.doctor.ports import Holder, bind_probe, gateway_port_finding, holders_of, model_port_findings, port_holders
 from gateway.doctor.remote import readiness_finding, url_findings
 from gateway.doctor.report import exit_status, render_json, render_text, use_colour
+from gateway.doctor.resources import HostResources, read_resources, resource_findings
 from gateway.doctor.runner import attempt, host_findings, safely
 from gateway.doctor.services import (
     ReplicaProbe,
@@ -64,6 +48,9 @@ from gateway.doctor.services import (
     replica_findings,
     writable_problem,
 )
+from gateway.doctor.spool import spool_finding
+from gateway.doctor.versions import versions_finding, vllm_version
+from gateway.doctor.weights import hf_cache_dir, local_path_problem, reaches_hub, weights_finding
 from tests.conftest import free_port, make_settings
 from tests.support.catalogs import ADMIN_KEY, chat_entry, write_models_file
 

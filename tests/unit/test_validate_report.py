@@ -12,6 +12,18 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.validate.client import Exchange, describe
+from gateway.validate.models_file import demo_status, load_models_file
+from gateway.validate.observability import (
+    expected_dashboards,
+    expected_rule_groups,
+    grafana_target,
+    prometheus_metrics_target,
+    prometheus_rules_target,
+    prometheus_up_target,
+)
+from gateway.validate.options import Options
+from gateway.validate.progress import Progress
 from gateway.validate.report import (
     DEMO_WARNING,
     JSON_NAME,
@@ -26,20 +38,6 @@ from gateway.validate.report import (
     at_most,
     percentile,
     write_reports,
-)
-from gateway.validate.runner import (
-    Exchange,
-    Options,
-    Progress,
-    demo_status,
-    describe,
-    expected_dashboards,
-    expected_rule_groups,
-    grafana_target,
-    load_models_file,
-    prometheus_metrics_target,
-    prometheus_rules_target,
-    prometheus_up_target,
 )
 from tests.conftest import free_port
 
