@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,7 +19,6 @@ from . import __version__
 from .api import admin, feedback, health, openai, reload, sessions, usage, vectors
 from .api.openapi_schema import install_openapi
 from .api.status import STATUS_DATA_PATH, STATUS_PATH, status_router
-from .audit.middleware import AuditMiddleware
 from .audit.writer import AuditLog
 from .auth import PERMISSION_ATTR, KeyStore
 from .cache import ResponseCache
@@ -28,8 +28,8 @@ from .errors import install_error_handlers
 from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
-from .middleware import AuthenticationMiddleware, BodyLimitMiddleware, RequestIdMiddleware
-from .observability.exposition import METRICS_PATH, instrument_http, metrics_router, refresh_audit_gauges
+from .middleware import AuthenticationMiddleware, BodyLimitMiddleware, RequestLayer
+from .observability.exposition import METRICS_PATH, HttpMetrics, metrics_router, refresh_audit_gauges
 from .observability.health_metrics import count_redis_failure, zero_series
 from .observability.requests import RequestObserver
 from .observability.window import StatusBoard
@@ -39,6 +39,7 @@ from .readiness import Dependency, Readiness
 from .redisconn import RedisPolicy, create_redis
 from .reload import Reloader
 from .revocation import RevocationListener
+from .services import Services
 from .settings import Settings, config_environment
 from .store.db import asyncpg_dsn, create_engine, create_sessionmaker, is_connection_error
 from .store.model_records import sync_models
@@ -101,23 +102,50 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         limit_config.validate()
         inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
         conversations = Conversations(db_sessions)
-        app.state.inference = inference
-        app.state.db_sessions = db_sessions
-        app.state.key_store = key_store
-        app.state.audit = audit
-        app.state.conversations = conversations
-        app.state.redis = redis
-        app.state.redis_policy = policy
         # Qdrant: a server at QDRANT_URL or the embedded store; an unreachable one only fails vector requests.
-        app.state.vectors = VectorService.start(settings=settings, inference=inference)
-        app.state.pipeline = Pipeline(
+        vectors = VectorService.start(settings=settings, inference=inference)
+        pipeline = Pipeline(
             inference=inference,
             conversations=conversations,
             limiter=RateLimiter(redis, limit_config) if redis is not None else None,
             cache=cache,
             policy=policy,
-            retrieval=Retrieval(app.state.vectors),
+            retrieval=Retrieval(vectors),
         )
+        readiness = _readiness(
+            settings, catalog, pool, db_sessions=db_sessions, redis=redis, vectors=vectors, audit=audit
+        )
+        services = Services(
+            settings=settings,
+            inference=inference,
+            pool=pool,
+            engine=engine,
+            db_sessions=db_sessions,
+            key_store=key_store,
+            audit=audit,
+            conversations=conversations,
+            redis=redis,
+            redis_policy=policy,
+            cache=cache,
+            vectors=vectors,
+            pipeline=pipeline,
+            observer=observer,
+            status_board=status_board,
+            readiness=readiness,
+            # config/models.yaml again on POST /admin/reload, SIGHUP or another worker's word (gateway/reload.py).
+            reloader=Reloader(
+                settings=settings,
+                inference=inference,
+                readiness=readiness,
+                status_board=status_board,
+                observer=observer,
+                vectors=vectors,
+                db_sessions=db_sessions,
+                audit=audit,
+                redis=redis,
+            ),
+        )
+        app.state.services = services
         if redis is None:
             log.warning("no REDIS_URL: no rate limits, no response cache, revocations reach only this worker")
         zero_series(list(catalog.models))
@@ -132,22 +160,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 # Replicas are probed in the background: out of rotation when they fail, back when they answer.
                 await background.enter_async_context(pool.prober.running())
                 # Snapshots of every worker's metrics for the status page (and this worker's audit gauges).
-                app.state.status_board = status_board
-                await background.enter_async_context(status_board.running(before=lambda: refresh_audit_gauges(app)))
-                app.state.readiness = _readiness(app, settings, catalog, pool)
-                # config/models.yaml again on POST /admin/reload, SIGHUP or another worker's word (gateway/reload.py).
-                app.state.reloader = Reloader(
-                    settings=settings,
-                    inference=inference,
-                    readiness=app.state.readiness,
-                    status_board=status_board,
-                    observer=observer,
-                    vectors=app.state.vectors,
-                    db_sessions=db_sessions,
-                    audit=audit,
-                    redis=redis,
-                )
-                await background.enter_async_context(app.state.reloader.running())
+                await background.enter_async_context(status_board.running(before=lambda: refresh_audit_gauges(audit)))
+                await background.enter_async_context(services.reloader.running())
                 await background.enter_async_context(
                     housekeeping(
                         catalog=lambda: inference.catalog,
@@ -164,7 +178,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 await cache.drain()
             if redis is not None:
                 await redis.aclose()
-            await app.state.vectors.close()
+            await vectors.close()
             await pool.close()
             if engine is not None:
                 await engine.dispose()
@@ -192,33 +206,37 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     public_paths |= {METRICS_PATH} if settings.metrics_public else set()
     public_paths |= {STATUS_DATA_PATH} if settings.status_page_public else set()
     install_openapi(app, public_paths=public_paths)
-    # The last added is the outermost: request id, then audit (sees every answer, 401s included), then the
-    # HTTP-layer metrics, then auth, then the body bound (after auth: nothing of a keyless body is read).
+    # The last added is the outermost: the request layer (context, id, audit row, metrics, log line: it sees every
+    # answer, 401s included), then auth, then the body bound (after auth: nothing of a keyless body is read).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
-    instrument_http(app)
-    app.add_middleware(AuditMiddleware, skip_paths=UNAUDITED_PATHS, observer=observer)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestLayer, unaudited=UNAUDITED_PATHS, observer=observer, http=HttpMetrics())
     return app
 
 
-def _readiness(app: FastAPI, settings: Settings, catalog: Catalog, pool: UpstreamPool) -> Readiness:
+def _readiness(
+    settings: Settings,
+    catalog: Catalog,
+    pool: UpstreamPool,
+    *,
+    db_sessions: async_sessionmaker[AsyncSession] | None,
+    redis: Redis | None,
+    vectors: VectorService,
+    audit: AuditLog,
+) -> Readiness:
     """What /health/ready checks: PostgreSQL (critical), Redis, Qdrant, the audit spool, every replica."""
     dependencies = []
-    db_sessions = app.state.db_sessions
     if db_sessions is not None:
+        sessions = db_sessions
 
         async def ping_postgres() -> None:
-            async with db_sessions() as session:
+            async with sessions() as session:
                 await session.execute(text("SELECT 1"))
 
         dependencies.append(Dependency("postgres", ping_postgres, critical=True))
-    if app.state.redis is not None:
-        dependencies.append(Dependency("redis", app.state.redis.ping))
-    vectors = getattr(app.state, "vectors", None)
-    if vectors is not None:
-        dependencies.append(Dependency("qdrant", vectors.ping))
-    audit: AuditLog = app.state.audit
+    if redis is not None:
+        dependencies.append(Dependency("redis", redis.ping))
+    dependencies.append(Dependency("qdrant", vectors.ping))
     return Readiness(
         pool=pool,
         models=list(catalog.models),

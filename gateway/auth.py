@@ -16,7 +16,9 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
+from .context import context_of
 from .errors import AuthenticationFailed, PermissionDenied
+from .services import services_of
 
 
 class Role(StrEnum):
@@ -113,15 +115,15 @@ def require(permission: Permission) -> AsyncGuard:
     """A route dependency: the caller (authenticated by the middleware) must hold `permission`."""
 
     async def guard(request: Request) -> Principal:
-        principal: Principal | None = request.scope.get("state", {}).get("principal")
+        ctx = context_of(request.scope)
+        principal = ctx.principal
         if principal is None:
             raise AuthenticationFailed()
         if not principal.can(permission):
             raise PermissionDenied(f"This key's role ({principal.role}) may not do this ({permission}).")
-        pipeline = getattr(request.app.state, "pipeline", None)
-        if permission is not Permission.INFERENCE and pipeline is not None:
+        if permission is not Permission.INFERENCE:
             # Every other call counts against the key's control-plane limit (429 when over; gateway/ratelimit).
-            await pipeline.admit_control(principal=principal, state=request.scope["state"])
+            await services_of(request.app).pipeline.admit_control(ctx)
         return principal
 
     setattr(guard, PERMISSION_ATTR, permission)
@@ -138,7 +140,7 @@ setattr(public, PERMISSION_ATTR, PUBLIC)
 
 async def current_principal(request: Request) -> Principal:
     """The caller, for handlers; the route's own `require` guard has already checked the role."""
-    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    principal = context_of(request.scope).principal
     if principal is None:
         raise AuthenticationFailed()
     return principal

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .redisconn import RedisUnavailable
+from .errors import RedisUnavailable
 from .upstream.sse import DONE_EVENT, EVENT_END
 
 if TYPE_CHECKING:

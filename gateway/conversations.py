@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth import Principal
+from .context import Answer
 from .errors import DatabaseUnavailable, InvalidRequest, NotFound
 from .store import conversations as rows
 
@@ -72,17 +73,13 @@ class Conversations:
         return found
 
     def remember(
-        self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: dict[str, Any]
+        self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: Answer
     ) -> Callable[[], Awaitable[None]]:
         """The job that appends this turn; run it once the response (or the whole stream) has been sent."""
         return functools.partial(self._append, session_id=session_id, new=new, answer=answer)
 
-    async def _append(self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: dict[str, Any]) -> None:
-        reply = answer.get("message")
-        if reply is None and answer.get("parts") is not None:
-            reply = {"role": "assistant", "content": "".join(answer["parts"])}
-            if answer.get("tool_calls"):  # a streamed answer's tool calls, by their index
-                reply["tool_calls"] = [call for _, call in sorted(answer["tool_calls"].items())]
+    async def _append(self, *, session_id: uuid.UUID, new: list[dict[str, Any]], answer: Answer) -> None:
+        reply = answer.reply()
         if reply is None or self._sessions is None:
             return  # the request failed: nothing to remember
         try:

@@ -1,20 +1,28 @@
-"""The gateway's one error family, rendered in one place in the OpenAI error shape.
+"""The gateway's one error family: every error a client can see, rendered in one place in the OpenAI shape.
 
-    APIError                      500 internal_error
-    +-- InvalidRequest            400 invalid_request_error
-    |   +-- PayloadTooLarge       413
-    |   +-- ModelNotFound         404 (code model_not_found)
-    |   +-- NotFound              404
-    +-- AuthenticationFailed      401 authentication_error
-    +-- PermissionDenied          403 permission_error
-    |   +-- QuotaExceeded         403 insufficient_quota    (a key's vector storage quota)
-    +-- DatabaseUnavailable       503 service_unavailable   (PostgreSQL unreachable or not configured)
-    +-- UpstreamError             502 upstream_error        (the model server broke the exchange)
-        +-- UpstreamStatus        the upstream's own 4xx/5xx, message sanitised
-        +-- UpstreamUnavailable   503 service_unavailable   (refused, unreachable)
-        +-- UpstreamTimeout       504 timeout
+    class                         status  type
+    APIError                      500     internal_error
+    +-- InvalidRequest            400     invalid_request_error
+    |   +-- PayloadTooLarge       413     invalid_request_error   (code request_too_large)
+    |   +-- NotFound              404     invalid_request_error   (code not_found)
+    |   |   +-- ModelNotFound     404     invalid_request_error   (code model_not_found)
+    |   +-- CollectionExists      409     invalid_request_error   (code collection_exists)
+    |   +-- DimensionMismatch     400     invalid_request_error   (code dimension_mismatch)
+    +-- AuthenticationFailed      401     authentication_error    (code invalid_api_key)
+    +-- PermissionDenied          403     permission_error        (code permission_denied)
+    |   +-- QuotaExceeded         403     insufficient_quota      (a key's vector storage quota)
+    +-- RateLimited               429     requests|tokens         (code rate_limit_exceeded, Retry-After)
+    +-- DatabaseUnavailable       503     service_unavailable     (PostgreSQL unreachable or not configured)
+    +-- RedisUnavailable          503     service_unavailable     (a route group failing closed, Retry-After)
+    +-- VectorStoreUnavailable    503     service_unavailable     (Qdrant unreachable or not usable here)
+    +-- UpstreamError             502     upstream_error          (the model server broke the exchange)
+        +-- UpstreamStatus        4xx|5xx invalid_request_error|upstream_error  (its own status, message sanitised)
+        +-- UpstreamUnavailable   503     service_unavailable     (refused, unreachable)
+        +-- UpstreamTimeout       504     timeout
 
-Library errors (aiohttp, pydantic, Starlette) are translated at the boundary to the most specific class.
+Library errors are translated at the boundary to the most specific class, one table per backend in
+gateway/errors_backends.py (aiohttp, asyncpg/SQLAlchemy, redis-py, qdrant-client); pydantic's and Starlette's
+by the handlers below. tests/unit/test_error_catalogue.py keeps this drawing and the classes in step.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from .context import note_error
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +148,53 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
+class CollectionExists(InvalidRequest):
+    status_code = 409
+    default_code = "collection_exists"
+
+
+class DimensionMismatch(InvalidRequest):
+    default_code = "dimension_mismatch"
+
+
+class RateLimited(APIError):
+    """429 in OpenAI's shape (type "requests" or "tokens", code "rate_limit_exceeded") with Retry-After."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str], error_type: str = "requests") -> None:
+        super().__init__(message, headers=headers)
+        self.error_type = error_type
+
+
 class DatabaseUnavailable(APIError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "database_unavailable"
+
+
+class RedisUnavailable(APIError):
+    """503 for a route group that fails closed while Redis is unavailable."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "redis_unavailable"
+
+    def __init__(self, message: str = "A required service is temporarily unavailable; retry shortly.") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class VectorStoreUnavailable(APIError):
+    """Qdrant is unreachable, timed out, or the embedded store cannot be opened by this process."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "vector_store_unavailable"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "The vector store is unavailable; try again later.")
 
 
 _STARLETTE_STATUS_MESSAGES = {404: "Not found.", 405: "Method not allowed."}
@@ -152,7 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        request.scope.setdefault("state", {})["error_type"] = exc.error_type  # for the audit row
+        note_error(request.scope, exc.error_type)  # for the audit row
         return exc.to_response()
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -177,7 +230,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Logged with its traceback on the server side only; the client gets a generic message.
         log.exception("unhandled error while serving %s %s", request.method, request.url.path)
-        request.scope.setdefault("state", {})["error_type"] = "internal_error"
+        note_error(request.scope, "internal_error")
         return APIError("The server had an error while processing your request.").to_response()
 
     app.add_exception_handler(APIError, on_api_error)

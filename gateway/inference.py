@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from .auth import Principal
 from .catalog import Catalog, ModelSpec
+from .context import Answer, RequestContext, Usage
 from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
 from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 from .observability.health_metrics import count_upstream_error
@@ -36,6 +36,21 @@ _PATHS: dict[Endpoint, str] = {
 }
 _KIND_FOR: dict[Endpoint, str] = {"chat": "chat", "completions": "chat", "embeddings": "embedding"}
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+_REQUEST_MODELS: dict[Endpoint, type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A request body validated once; every later step (history, retrieval) reads this, never the body."""
+
+    endpoint: Endpoint
+    request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
 @dataclass(slots=True)
@@ -92,27 +107,18 @@ class InferenceService:
             raise InvalidRequest(f"The model '{name}' does not support {_PATHS[endpoint]}.", param="model")
         return spec
 
-    def prepare(
-        self,
-        *,
-        endpoint: Endpoint,
-        body: bytes,
-        principal: Principal,
-        history: list[dict[str, Any]] | None = None,
-    ) -> Prepared:
-        """Parse, authorize the model, apply the model's defaults and bounds, and re-serialize.
+    def parse(self, endpoint: Endpoint, body: bytes) -> Parsed:
+        """The body's one validation (RFC 8259 JSON, the endpoint's request model); a 400 naming the field."""
+        return Parsed(endpoint=endpoint, request=parse_request(_REQUEST_MODELS[endpoint], body))
+
+    def prepare(self, parsed: Parsed, *, principal: Principal, history: list[dict[str, Any]] | None = None) -> Prepared:
+        """Authorize the model, apply the model's defaults and bounds, and serialize for the model server.
 
         `history` (a conversation session's stored messages) goes before the request's own messages,
         trimmed to what fits the model's context.
         """
-        request: BaseModel
-        if endpoint == "chat":
-            request = parse_request(ChatCompletionRequest, body)
-        elif endpoint == "completions":
-            request = parse_request(CompletionRequest, body)
-        else:
-            request = parse_request(EmbeddingRequest, body)
-        name: str = request.model  # type: ignore[attr-defined]
+        endpoint, request = parsed.endpoint, parsed.request
+        name = request.model
         spec = self.resolve(name=name, endpoint=endpoint, principal=principal)
         data = request.model_dump(exclude_unset=True)
         if isinstance(request, EmbeddingRequest):
@@ -210,15 +216,15 @@ class InferenceService:
         prepared: Prepared,
         *,
         request_id: str,
-        usage: dict[str, Any],
-        answer: dict[str, Any] | None = None,
-        trace: dict[str, Any] | None = None,
+        usage: Usage,
+        answer: Answer | None = None,
+        trace: RequestContext | None = None,
     ) -> Response:
         """Send a prepared request upstream and relay the answer (JSON, or SSE for streams).
 
         `usage` receives the token counts when they are known (after the body, or the stream's end);
         `answer`, when given, receives the assistant's message (for conversation sessions); `trace` (the
-        request's state) receives `retries`.
+        request's context) receives `retries`.
         """
         spec = prepared.spec
         exchange = await self.pool.post(
@@ -246,9 +252,7 @@ class InferenceService:
         )
 
 
-def _renamed(
-    body: bytes, spec: ModelSpec, requested_name: str, usage: dict[str, Any], answer: dict[str, Any] | None
-) -> bytes:
+def _renamed(body: bytes, spec: ModelSpec, requested_name: str, usage: Usage, answer: Answer | None) -> bytes:
     """Check the upstream's JSON answer, note its usage, and give it the model name the client asked for."""
     try:
         parsed = orjson.loads(body)
@@ -259,13 +263,9 @@ def _renamed(
         raise UpstreamError(f"The model '{spec.name}' sent an answer that is not a JSON object.")
     parsed["model"] = requested_name
     if isinstance(parsed.get("usage"), dict):
-        usage.update(parsed["usage"])
+        usage.take(parsed["usage"])
     if answer is not None and parsed.get("choices"):
         message = parsed["choices"][0].get("message")
         if isinstance(message, dict):
-            reply: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-            if message.get("tool_calls"):
-                # Kept with the reply, so the session's next turn can answer the calls with `tool` messages.
-                reply["tool_calls"] = message["tool_calls"]
-            answer["message"] = reply
+            answer.whole(message)
     return orjson.dumps(parsed)

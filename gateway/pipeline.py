@@ -1,13 +1,15 @@
-"""The inference request path between the route and the model server, in order: validation, rate limits
-(one Redis round trip), conversation history, retrieved passages (Qdrant, when a chat asks), the response
-cache, forwarding (replica choice, retries and timeouts: gateway/upstream/), and the work done after the
-answer has gone out (cache store, token settlement, session append). Routes call `serve()` only."""
+"""The inference request path between the route and the model server, as named stages: the body parsed once,
+then admit (rate limits, one Redis round trip), history (conversation sessions), retrieve (passages from Qdrant,
+when a chat asks), lookup (the response cache), forward (replica choice, retries and timeouts: gateway/upstream/),
+and after (what runs once the answer has gone out: cache store, token settlement, session append). Routes call
+`serve()` only; each stage writes what the audit row, metrics and log line need into the RequestContext."""
 
 from __future__ import annotations
 
 import functools
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -16,14 +18,30 @@ from starlette.responses import Response, StreamingResponse
 
 from .auth import Permission, Principal
 from .cache import CacheDecision, ResponseCache, cache_headers, cache_key, decide, replay_stream, tee_stream
+from .context import Answer, RequestContext, Usage, context_of
 from .conversations import Conversations, parse_session_id
 from .errors import PermissionDenied
-from .inference import Endpoint, InferenceService, Prepared
+from .inference import Endpoint, InferenceService, Parsed, Prepared
 from .ratelimit import Decision, RateLimiter, estimate_tokens
 from .redisconn import RedisPolicy
-from .vectors.retrieval import Retrieval
+from .vectors.retrieval import Retrieval, Retrieved
 
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class Job:
+    """What the stages of one inference request hand each other (the request's context is what outlives them)."""
+
+    ctx: RequestContext
+    principal: Principal
+    session_id: uuid.UUID | None
+    parsed: Parsed = field(init=False)
+    prepared: Prepared = field(init=False)
+    decision: Decision | None = None  # None: no limiter, or Redis failed open
+    retrieved: Retrieved | None = None
+    caching: CacheDecision = CacheDecision.BYPASS
+    key: str = ""  # the cache key, when the cache takes part
 
 
 class Pipeline:
@@ -49,63 +67,103 @@ class Pipeline:
     async def serve(
         self, *, endpoint: Endpoint, request: Request, principal: Principal, session: str | None
     ) -> Response:
-        """Answer one request; `session` is the X-Session-ID header, if any."""
-        session_id = self._session_id(session, principal)
+        """Answer one authenticated request, stage by stage; `session` is the X-Session-ID header, if any."""
+        job = Job(ctx=context_of(request.scope), principal=principal, session_id=self._session_id(session, principal))
         body = await request.body()  # bounded by BodyLimitMiddleware (413 past CITADEL_MAX_BODY_BYTES)
-        prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal)
-        # The audit middleware reads these once the response has gone out.
-        state: dict[str, Any] = request.scope["state"]
-        state["model"] = prepared.requested_name
-        state["stream"] = prepared.stream
-        usage: dict[str, Any] = state.setdefault("usage", {})
+        job.parsed = self.inference.parse(endpoint, body)
+        job.prepared = self.inference.prepare(job.parsed, principal=principal)
+        await self.admit(job)
+        await self.history(job)
+        await self.retrieve(job)
+        hit = await self.lookup(job, request)
+        if hit is not None:
+            return hit
+        response = await self.forward(job)
+        return self.after(job, response)
 
+    async def admit(self, job: Job) -> None:
+        """The request's model and stream go into its context; the key's limits (requests, tokens) are charged."""
+        prepared, ctx = job.prepared, job.ctx
+        ctx.model = prepared.requested_name
+        ctx.endpoint = prepared.endpoint
+        ctx.stream = prepared.stream
         estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.completion_budget)
-        decision = await self._check_limits(principal, prepared.requested_name, estimate, state)
-        limit_headers = decision.headers() if decision is not None else {}
-        after: list[Callable[[], Any]] = []
-        if session_id is not None:
-            # Only once the request is allowed does the database get asked for the history.
-            history = await self.conversations.history(session_id=session_id, principal=principal, model=None)
-            prepared = self.inference.prepare(endpoint=endpoint, body=body, principal=principal, history=history)
-        retrieved = None
-        if self.retrieval is not None:  # passages from a vector collection, when the chat asks (`retrieval`)
-            prepared, retrieved = await self.retrieval.augment(
-                prepared, body=body, principal=principal, request_id=state["request_id"]
-            )
+        job.decision = await self._check_limits(job.principal, prepared.requested_name, estimate, ctx)
 
-        caching = (
-            CacheDecision.BYPASS if self.cache is None or session_id is not None else decide(prepared, request.headers)
-        )
-        key = cache_key(principal, prepared) if caching is not CacheDecision.BYPASS else ""
-        if caching.read:
-            state["cache_hit"] = False  # a miss unless the lookup finds it (the cache metrics count both)
-            cached = await self._cached(key)
-            if cached is not None:
-                state["cache_hit"] = True
-                hit = self._replay(cached, prepared, headers={**limit_headers, **cache_headers(hit=True)})
-                if decision is not None and decision.charged_tokens:
-                    # A cached answer costs the model nothing: give the charged tokens back.
-                    hit.background = BackgroundTasks([_task(self._settle, principal, decision, 0)])
-                return hit
+    async def history(self, job: Job) -> None:
+        """A conversation session's stored messages before the request's own (the database is asked only for an
+        allowed request)."""
+        if job.session_id is None:
+            return
+        history = await self.conversations.history(session_id=job.session_id, principal=job.principal, model=None)
+        job.prepared = self.inference.prepare(job.parsed, principal=job.principal, history=history)
+        job.ctx.answer = Answer()  # gathered while the answer goes out, stored afterwards
 
-        answer: dict[str, Any] | None = {} if session_id is not None else None
-        response = await self.inference.forward(
-            prepared, request_id=state["request_id"], usage=usage, answer=answer, trace=state
+    async def retrieve(self, job: Job) -> None:
+        """Passages from a vector collection in the prompt, when a chat asks (its `retrieval` field)."""
+        options = getattr(job.parsed.request, "retrieval", None)
+        if self.retrieval is None or options is None:
+            return
+        job.prepared, job.retrieved = await self.retrieval.augment(
+            job.prepared, options=options, principal=job.principal, request_id=job.ctx.request_id
         )
-        if retrieved is not None:  # before the cache stores it: a hit replays the documents used as well
-            response = retrieved.annotate(response, model=prepared.requested_name)
-        response.headers.update(limit_headers)
-        if caching is not CacheDecision.BYPASS:
-            response.headers.update(cache_headers(hit=False))
-            if caching.write:
-                self._store_later(response, key)
+
+    async def lookup(self, job: Job, request: Request) -> Response | None:
+        """The cached answer, when the request may be served from the cache and one is there."""
+        if self.cache is None or job.session_id is not None:
+            return None
+        job.caching = decide(job.prepared, request.headers)
+        if job.caching is CacheDecision.BYPASS:
+            return None
+        job.key = cache_key(job.principal, job.prepared)
+        if not job.caching.read:
+            return None
+        job.ctx.cache_hit = False  # a miss unless the lookup finds it (the cache metrics count both)
+        cached = await self._cached(job.key)
+        if cached is None:
+            return None
+        job.ctx.cache_hit = True
+        decision = job.decision
+        hit = self._replay(cached, job.prepared, headers={**self._limit_headers(job), **cache_headers(hit=True)})
         if decision is not None and decision.charged_tokens:
-            after.append(functools.partial(self._settle_used, principal, decision, usage))
-        if session_id is not None and answer is not None:
-            after.append(self.conversations.remember(session_id=session_id, new=prepared.new_messages, answer=answer))
-        if after:
-            response.background = BackgroundTasks([_task(job) for job in after])
+            # A cached answer costs the model nothing: give the charged tokens back.
+            hit.background = BackgroundTasks([_task(self._settle, job.principal, decision, 0)])
+        return hit
+
+    async def forward(self, job: Job) -> Response:
+        """The model server's answer (replica choice, retries, timeouts: gateway/upstream/)."""
+        ctx = job.ctx
+        response = await self.inference.forward(
+            job.prepared, request_id=ctx.request_id, usage=ctx.usage, answer=ctx.answer, trace=ctx
+        )
+        if job.retrieved is not None:  # before the cache stores it: a hit replays the documents used as well
+            response = job.retrieved.annotate(response, model=job.prepared.requested_name)
         return response
+
+    def after(self, job: Job, response: Response) -> Response:
+        """Headers, and the work done once the answer has gone out: cache store, token settlement, session append."""
+        response.headers.update(self._limit_headers(job))
+        if job.caching is not CacheDecision.BYPASS:
+            response.headers.update(cache_headers(hit=False))
+            if job.caching.write:
+                self._store_later(response, job.key)
+        after: list[Callable[[], Any]] = []
+        decision = job.decision
+        if decision is not None and decision.charged_tokens:
+            after.append(functools.partial(self._settle_used, job.principal, decision, job.ctx.usage))
+        if job.session_id is not None and job.ctx.answer is not None:
+            after.append(
+                self.conversations.remember(
+                    session_id=job.session_id, new=job.prepared.new_messages, answer=job.ctx.answer
+                )
+            )
+        if after:
+            response.background = BackgroundTasks([_task(task) for task in after])
+        return response
+
+    @staticmethod
+    def _limit_headers(job: Job) -> dict[str, str]:
+        return job.decision.headers() if job.decision is not None else {}
 
     def _session_id(self, header: str | None, principal: Principal) -> uuid.UUID | None:
         if header is None:
@@ -114,31 +172,30 @@ class Pipeline:
             raise PermissionDenied("This key's role may not use conversation sessions.")
         return parse_session_id(header)
 
-    async def admit(
-        self, *, principal: Principal, model: str, text_chars: int, state: dict[str, Any]
-    ) -> dict[str, str]:
+    async def admit_embedding(self, ctx: RequestContext, *, model: str, text_chars: int) -> dict[str, str]:
         """The rate limits for work that is not a chat but uses a model (the vector routes embed texts): counts
         the request and its estimated tokens, raises the 429; returns the limit headers. The estimate is not
         settled afterwards (an embedding's usage is close to it)."""
+        assert ctx.principal is not None  # the vector routes' guard has checked it
         estimate = estimate_tokens(text_chars=text_chars, max_tokens=0)  # embeddings generate nothing
-        decision = await self._check_limits(principal, model, estimate, state)
+        decision = await self._check_limits(ctx.principal, model, estimate, ctx)
         return decision.headers() if decision is not None else {}
 
-    async def admit_control(self, *, principal: Principal, state: dict[str, Any]) -> None:
+    async def admit_control(self, ctx: RequestContext) -> None:
         """Count one control-plane call against the caller's control limit; raises the 429 when over. Redis
         failures follow the limits' fail-open/closed policy, as for the model routes."""
-        if self.limiter is None or self.policy is None:
+        if self.limiter is None or self.policy is None or ctx.principal is None:
             return
-        limiter = self.limiter
+        limiter, principal = self.limiter, ctx.principal
         decision: Decision | None = await self.policy.call(
             "limits", lambda: limiter.check_control(principal=principal), fallback=None
         )
         if decision is not None and not decision.allowed:
-            state["rate_limited"] = decision.limited_by
+            ctx.rate_limited_by = decision.limited_by
             raise decision.error()
 
     async def _check_limits(
-        self, principal: Principal, model: str, estimate: int, state: dict[str, Any]
+        self, principal: Principal, model: str, estimate: int, ctx: RequestContext
     ) -> Decision | None:
         """None when there is no limiter or Redis failed open; raises the 429 (or, failing closed, a 503)."""
         if self.limiter is None or self.policy is None:
@@ -150,7 +207,7 @@ class Pipeline:
             fallback=None,
         )
         if decision is not None and not decision.allowed:
-            state["rate_limited"] = decision.limited_by  # which limit refused, for the metrics
+            ctx.rate_limited_by = decision.limited_by  # which limit refused, for the metrics
             raise decision.error()
         return decision
 
@@ -180,9 +237,9 @@ class Pipeline:
         elif response.status_code == 200:
             cache.put_later(key, bytes(response.body), policy=policy)
 
-    async def _settle_used(self, principal: Principal, decision: Decision, usage: dict[str, Any]) -> None:
+    async def _settle_used(self, principal: Principal, decision: Decision, usage: Usage) -> None:
         """Correct the up-front token charge with what the model really used (after the answer)."""
-        actual = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+        actual = usage.used
         if actual:  # no usage known (the request failed upstream): the charge stands
             await self._settle(principal, decision, actual)
 

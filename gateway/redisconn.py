@@ -39,7 +39,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.errors import APIError
+from .errors import RedisUnavailable
+from .errors_backends import is_redis_unreachable, translate_redis_error
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -51,33 +52,6 @@ F = TypeVar("F")
 FailMode = Literal["open", "closed"]
 GROUPS = ("limits", "cache")
 CIRCUIT_OPEN = "circuit_open"
-
-# Errors that mean "Redis is not there or not answering": they trip the circuit. redis-py's ConnectionError
-# covers refused and dropped connections, pool exhaustion and a server still loading; OSError and the builtin
-# TimeoutError are what the asyncio layer may raise underneath.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    TimeoutError,
-    OSError,
-)
-try:  # the `limits` storages wrap driver errors in their own
-    from limits.errors import StorageError
-
-    UNAVAILABLE_ERRORS = (*UNAVAILABLE_ERRORS, StorageError)
-except ImportError:  # pragma: no cover
-    pass
-
-
-class RedisUnavailable(APIError):
-    """503 for a route group that fails closed while Redis is unavailable."""
-
-    status_code = 503
-    error_type = "service_unavailable"
-    default_code = "redis_unavailable"
-
-    def __init__(self, message: str = "A required service is temporarily unavailable; retry shortly.") -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
 
 
 def create_redis(
@@ -195,14 +169,13 @@ class RedisPolicy:
                     result = await awaitable
             else:
                 result = await awaitable
-        except UNAVAILABLE_ERRORS as exc:
-            self._trip()
-            return self._fail(group, type(exc).__name__, fallback)
-        except redis.exceptions.RedisError as exc:  # Redis answered, with an error: no reason to stop calling
-            return self._fail(group, type(exc).__name__, fallback)
         except Exception as exc:
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            return self._fail(group, f"unexpected:{type(exc).__name__}", fallback, frames=frames)
+            if translate_redis_error(exc) is None:  # not Redis' failure: a bug, logged with its frames
+                frames = "".join(traceback.format_tb(exc.__traceback__))
+                return self._fail(group, f"unexpected:{type(exc).__name__}", fallback, frames=frames)
+            if is_redis_unreachable(exc):  # an error answer from Redis is no reason to stop calling it
+                self._trip()
+            return self._fail(group, type(exc).__name__, fallback)
         finally:
             if probe:
                 self._probing = False

@@ -144,7 +144,7 @@ def _urls(catalog: Catalog) -> dict[str, None]:
 
 
 class Reloader:
-    """Reloads the models file into one worker's running gateway (app.state.reloader); see the module docstring."""
+    """Reloads the models file into one worker's running gateway (Services.reloader); see the module docstring."""
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from ..revocation import publish_revocation
 from ..store import audit_queries
 from ..store import keys as key_rows
 from ..store.db import SessionDep
-from .deps import CatalogDep, record_admin_action
+from .deps import CatalogDep, ServicesDep, record_admin_action
 from .openapi_schema import KEYED_ERRORS, errors
 from .usage import Window, usage_report
 
@@ -66,16 +66,16 @@ async def get_key(key_id: uuid.UUID, session: SessionDep) -> KeyOut:
 
 
 @router.delete("/keys/{key_id}", responses=errors(404))
-async def revoke_key(key_id: uuid.UUID, request: Request, session: SessionDep) -> KeyOut:
+async def revoke_key(key_id: uuid.UUID, request: Request, session: SessionDep, services: ServicesDep) -> KeyOut:
     """Revoke a key (idempotent). Every worker forgets it at once (through Redis; without it, within the TTL)."""
     row = await key_rows.revoke_key(session=session, key_id=key_id)
     if row is None:
         raise NotFound(f"No key with id {key_id}.", param="key_id")
     await session.commit()
-    request.app.state.key_store.forget(key_id)
-    if request.app.state.redis is not None:
+    services.key_store.forget(key_id)
+    if services.redis is not None:
         # Every other worker forgets it now too (a failure is logged; the key cache TTL still bounds it).
-        await publish_revocation(request.app.state.redis, key_id)
+        await publish_revocation(services.redis, key_id)
     record_admin_action(request, action="keys.revoke", target=str(key_id))
     return KeyOut.of(row)
 

@@ -1,4 +1,4 @@
-"""Typed dependencies handed to the routes, and the admin-action audit helper."""
+"""Typed dependencies handed to the routes (the services, the catalogue), and the admin-action audit helper."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from fastapi import Depends, Request
 
 from ..audit.record import AuditRecord
 from ..catalog import Catalog
+from ..context import context_of
+from ..services import Services, services_of
 
 
 # Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread pool.
+async def get_services(request: Request) -> Services:
+    return services_of(request.app)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
 async def get_catalog(request: Request) -> Catalog:
-    return request.app.state.inference.catalog  # type: ignore[no-any-return]
+    return services_of(request.app).catalog
 
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
@@ -21,9 +30,10 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 def record_admin_action(request: Request, *, action: str, target: str) -> None:
     """One audit row (kind 'admin') for an admin action, besides the request's own row."""
-    state = request.scope["state"]
-    principal = state["principal"]
-    request.app.state.audit.record(
+    ctx = context_of(request.scope)
+    principal = ctx.principal
+    assert principal is not None  # admin routes are guarded
+    services_of(request.app).audit.record(
         AuditRecord(
             kind="admin",
             occurred_at=datetime.now(UTC),
@@ -31,7 +41,7 @@ def record_admin_action(request: Request, *, action: str, target: str) -> None:
             endpoint=request.url.path[:128],
             status=200,
             latency_ms=0.0,
-            request_id=state.get("request_id"),
+            request_id=ctx.request_id,
             key_id=principal.key_id,
             role=str(principal.role),
             action=action,

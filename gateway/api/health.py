@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from ..auth import public
 from ..protocol.responses import Health, ReadinessReport
+from ..services import services_of
 from .openapi_schema import PUBLIC_ERRORS, errors
 
 router = APIRouter(tags=["health"])
@@ -34,6 +35,6 @@ async def health() -> dict[str, str]:
 )
 async def ready(request: Request) -> Response:
     """Every dependency and replica (see gateway/readiness.py for the policy); 503 when unhealthy."""
-    document: dict[str, Any] = await request.app.state.readiness.report()
+    document: dict[str, Any] = await services_of(request.app).readiness.report()
     status = 503 if document["status"] == "unhealthy" else 200
     return Response(orjson.dumps(document), status_code=status, media_type="application/json")

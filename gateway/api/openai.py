@@ -17,6 +17,7 @@ from ..protocol.completions import CompletionRequest
 from ..protocol.embeddings import EmbeddingRequest
 from ..protocol.models import model_card
 from ..protocol.responses import ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, ModelCard, ModelList
+from ..services import services_of
 from .deps import CatalogDep
 from .openapi_schema import KEYED_ERRORS, errors, event_stream, json_body, request_headers
 
@@ -27,14 +28,14 @@ _STARTED = int(time.time())
 
 _MODELS_READ = [Depends(require(Permission.MODELS_READ))]
 
-# The inference routes are the hot path: their only dependency is the guard (which hands over the
-# caller), and the pipeline comes straight from app.state. Each extra FastAPI dependency cost ~10 us.
+# The inference routes are the hot path: their only dependency is the guard (which puts the caller in the
+# request's context), and the pipeline comes straight from the services. Each extra FastAPI dependency cost ~10 us.
 # They relay the model server's bytes: `response_model=None` (nothing re-validated), the shapes documented only.
 _INFERENCE_ERRORS = errors(*KEYED_ERRORS, 403, 404, 502, 504)
 
 
 def _pipeline(request: Request) -> Pipeline:
-    return request.app.state.pipeline  # type: ignore[no-any-return]
+    return services_of(request.app).pipeline
 
 
 @router.post(

@@ -10,6 +10,7 @@ from ..errors import InvalidRequest
 from ..protocol.admin import ConfigReload
 from ..protocol.responses import ErrorResponse
 from ..reload import ACTION, Reloader
+from ..services import services_of
 from ..upstream.replica import replica_label
 from .deps import record_admin_action
 from .openapi_schema import KEYED_ERRORS, errors
@@ -32,7 +33,7 @@ _REFUSED = {
 async def reload_config(request: Request) -> ConfigReload:
     """Read config/models.yaml again, validate it and apply it without dropping requests in flight: on this
     worker, then (with Redis) on every other one. See docs/configuration.md, "Live configuration"."""
-    reloader: Reloader = request.app.state.reloader
+    reloader: Reloader = services_of(request.app).reloader
     try:
         diff = await reloader.reload(trigger="admin")
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..auth import Permission, public, require
+from ..services import services_of
 from .status_page import HEADERS, HTML
 
 STATUS_PATH = "/status"
@@ -32,7 +33,7 @@ def status_router(*, public_data: bool) -> APIRouter:
     @router.get(STATUS_DATA_PATH, dependencies=[Depends(data_guard)], include_in_schema=False)
     async def status_data(request: Request) -> Response:
         """Per model: health, requests, p50/p95 against the target, tokens/s, error rate, cache hits."""
-        body = orjson.dumps(request.app.state.status_board.data())
+        body = orjson.dumps(services_of(request.app).status_board.data())
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     return router

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from ..auth import Permission, Principal, require
+from ..context import context_of
 from ..protocol.common import parse_request
 from ..protocol.responses import (
     VectorCollection,
@@ -19,6 +20,7 @@ from ..protocol.responses import (
     VectorUpsertResult,
 )
 from ..protocol.vectors import CollectionCreate, DeleteDocumentsRequest, SearchRequest, UpsertRequest
+from ..services import services_of
 from ..vectors.service import VectorService, hit_object
 from .openapi_schema import KEYED_ERRORS, errors, json_body
 
@@ -36,7 +38,7 @@ DocId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")]
 
 
 async def get_vectors(request: Request) -> VectorService:
-    return request.app.state.vectors  # type: ignore[no-any-return]
+    return services_of(request.app).vectors
 
 
 VectorsDep = Annotated[VectorService, Depends(get_vectors)]
@@ -47,17 +49,15 @@ async def _body(request: Request) -> bytes:
 
 
 def _request_id(request: Request) -> str:
-    return str(request.scope["state"].get("request_id", ""))
+    return context_of(request.scope).request_id
 
 
-async def _admit(
-    request: Request, response: Response, caller: Principal, vectors: VectorService, *, text_chars: int
-) -> None:
+async def _admit(request: Request, response: Response, vectors: VectorService, *, text_chars: int) -> None:
     """A request that may embed texts: the key's rate limits apply as to /v1/embeddings (429 when over; tokens
     estimated from the texts to embed), with the limit headers on the answer."""
     model = vectors.embedder.default_model() or "vectors"
-    state = request.scope["state"]
-    headers = await request.app.state.pipeline.admit(principal=caller, model=model, text_chars=text_chars, state=state)
+    pipeline = services_of(request.app).pipeline
+    headers = await pipeline.admit_embedding(context_of(request.scope), model=model, text_chars=text_chars)
     response.headers.update(headers)
 
 
@@ -103,7 +103,7 @@ async def upsert_documents(
     """Add or replace documents (`id`, `text`, `metadata`, optional `vector`); texts are embedded in batches."""
     upsert = parse_request(UpsertRequest, await _body(request))
     to_embed = sum(len(doc.text) for doc in upsert.documents if doc.vector is None)
-    await _admit(request, response, caller, vectors, text_chars=to_embed)
+    await _admit(request, response, vectors, text_chars=to_embed)
     ids, usage = await vectors.upsert(principal=caller, name=name, request=upsert, request_id=_request_id(request))
     return {"object": "vector.upsert", "collection": name, "ids": ids, "count": len(ids), "usage": usage}
 
@@ -119,7 +119,7 @@ async def search(
 ) -> dict[str, Any]:
     """Nearest documents to `query` (a text) or `vector`, with `top_k`, `score_threshold` and `filter`."""
     query = parse_request(SearchRequest, await _body(request))
-    await _admit(request, response, caller, vectors, text_chars=len(query.query or ""))
+    await _admit(request, response, vectors, text_chars=len(query.query or ""))
     hits, usage = await vectors.search(principal=caller, name=name, request=query, request_id=_request_id(request))
     return {"object": "list", "collection": name, "data": [hit_object(hit) for hit in hits], "usage": usage}
 

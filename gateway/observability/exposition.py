@@ -1,4 +1,4 @@
-"""GET /metrics, correct with several worker processes, and the HTTP-layer instrumentation.
+"""GET /metrics, correct with several worker processes, and the HTTP-layer metrics (recorded by the request layer).
 
 With `citadel serve --workers N` (N > 1) the parent points PROMETHEUS_MULTIPROC_DIR at a fresh folder
 before any worker starts: every worker's prometheus_client then keeps its values in files there, and a
@@ -8,25 +8,26 @@ that died stay in the sum (they happened); its live gauges are dropped at the ne
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from fastapi import APIRouter, Depends
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Summary, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator import metrics as http_metrics
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-from starlette.middleware import Middleware
+from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from ..auth import Permission, public, require
+from ..services import services_of
 from .metrics import set_audit_state
+
+if TYPE_CHECKING:
+    from ..audit.writer import AuditLog
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
@@ -77,11 +78,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def refresh_audit_gauges(app: FastAPI) -> None:
+def refresh_audit_gauges(audit: AuditLog) -> None:
     """Read this worker's audit writer into the audit gauges (at scrape time, not on every request)."""
-    audit = getattr(app.state, "audit", None)
-    if audit is None:
-        return
     set_audit_state(
         queue_depth=audit.queue_depth,
         spooled_rows=max(0, audit.spooled_rows - audit.replayed_rows),
@@ -97,54 +95,85 @@ def metrics_router(*, public_access: bool) -> APIRouter:
     @router.get(METRICS_PATH, dependencies=[Depends(guard)], include_in_schema=False)
     async def metrics(request: Request) -> Response:
         """Prometheus text format: the gateway's `citadel_llm_*` metrics and the HTTP layer's."""
-        refresh_audit_gauges(request.app)
+        refresh_audit_gauges(services_of(request.app).audit)
         return Response(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
 
-@functools.cache
-def _http_instrumentation() -> Callable[[http_metrics.Info], None] | None:
-    # Made once per process: the metric objects register in the default registry, and a second app in the
-    # same process (the tests build many) must record into the same ones, not fail as a duplicate.
-    return http_metrics.default()
+# The HTTP layer's metrics: the names, labels and buckets of prometheus-fastapi-instrumentator's defaults (which
+# made them before; dashboards and alert rules use them), recorded by the request layer instead of a layer of its own.
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "Total number of requests by method, status and handler.", ("method", "status", "handler")
+)
+HTTP_REQUEST_SIZE = Summary(
+    "http_request_size_bytes",
+    "Content length of incoming requests by handler. Only value of header is respected. Otherwise ignored. "
+    "No percentile calculated. ",
+    ("handler",),
+)
+HTTP_RESPONSE_SIZE = Summary(
+    "http_response_size_bytes",
+    "Content length of outgoing responses by handler. Only value of header is respected. Otherwise ignored. "
+    "No percentile calculated. ",
+    ("handler",),
+)
+HTTP_DURATION_HIGHR = Histogram(
+    "http_request_duration_highr_seconds",
+    "Latency with many buckets but no API specific labels. Made for more accurate percentile calculations. ",
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10, 30, 60),
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Latency with only few buckets by handler. Made to be only used if aggregation by handler is important. ",
+    ("method", "handler"),
+    buckets=(0.1, 0.5, 1),
+)
 
 
-def instrument_http(app: FastAPI) -> None:
-    """prometheus-fastapi-instrumentator's defaults (http_requests_total, http_request_duration_seconds,
-    ...), labelled by route template so paths stay bounded; /metrics itself is not counted."""
-    instrumentator = Instrumentator(should_group_untemplated=True, excluded_handlers=[f"^{METRICS_PATH}$"])
-    instrumentation = _http_instrumentation()
-    if instrumentation is not None:
-        instrumentator.add(instrumentation)
-    instrumentator.instrument(app)
-    # Same middleware, with the route lookup of fixed paths remembered (see RememberingRoutes).
-    for index, entry in enumerate(app.user_middleware):
-        if entry.cls is PrometheusInstrumentatorMiddleware:
-            app.user_middleware[index] = Middleware(RememberingRoutes, *entry.args, **entry.kwargs)
+class HttpMetrics:
+    """The HTTP layer's metrics of one finished request, labelled by route template ("none" for a path that is no
+    route, so labels stay bounded); /metrics itself is not counted. Labelled children are cached (a `.labels()`
+    call takes a lock and builds a key)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+    def observe(
+        self, scope: Scope, status: int, duration_s: float, response_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        handler = _handler(scope)
+        if handler == METRICS_PATH:
+            return
+        method: str = scope["method"]
+        key = (method, f"{str(status)[0]}xx", handler)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                HTTP_REQUESTS.labels(method, key[1], handler),
+                HTTP_REQUEST_SIZE.labels(handler),
+                HTTP_RESPONSE_SIZE.labels(handler),
+                HTTP_DURATION.labels(method, handler),
+            )
+        total, request_size, response_size, duration = children
+        total.inc()
+        request_size.observe(_content_length(scope["headers"]))
+        response_size.observe(_content_length(response_headers))
+        HTTP_DURATION_HIGHR.observe(duration_s)
+        duration.observe(duration_s)
 
 
-class RememberingRoutes(PrometheusInstrumentatorMiddleware):
-    """The instrumentator's middleware, remembering the handler of paths that are their own route template.
+def _handler(scope: Scope) -> str:
+    """The route template of the request. FastAPI leaves the matched route in the scope (also for a 405); the
+    rest (a 401 or 413 answered before routing, a 404) are matched by the instrumentator's own lookup."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    return get_route_name(Request(scope), should_include_root_path=False) or "none"
 
-    Its lookup matches the request against every route of the app, ~28 us per request here (measured with
-    timeit on the gateway's ~40 routes): more than the rest of the HTTP metrics. The paths of the hot routes
-    (/v1/chat/completions, ...) have no parameters, so their answer never changes; paths with parameters are
-    looked up each time, which keeps this map bounded by the number of routes.
-    """
 
-    _MAX_REMEMBERED = 256
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fixed: dict[tuple[str, str], tuple[str, bool]] = {}
-
-    def _get_handler(self, request: Request) -> tuple[str, bool]:
-        key = (request.scope.get("root_path", ""), request.scope["path"])
-        found = self._fixed.get(key)
-        if found is None:
-            found = super()._get_handler(request)
-            handler, templated = found
-            if templated and handler == key[1] and len(self._fixed) < self._MAX_REMEMBERED:
-                self._fixed[key] = found
-        return found
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0

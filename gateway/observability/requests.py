@@ -1,6 +1,7 @@
 """What one finished API request leaves behind besides its audit row: its metrics and its log line.
 
-Called once per request by the audit middleware, after the response has gone out. Labelled children are
+Called once per request by the request layer (gateway/middleware.py), after the response has gone out, with the
+request's RequestContext. Labelled children are
 cached (a `.labels()` lookup takes a lock and builds a key each time) to keep this off the gateway's
 overhead budget.
 """
@@ -8,12 +9,12 @@ overhead budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
 from ..catalog import Catalog
+from ..context import RequestContext
 from . import metrics as m
 from .logs import FIELDS_ATTR, REQUEST_LOGGER
 
@@ -89,18 +90,12 @@ class RequestObserver:
         return model if model in self.models else "other"  # type: ignore[return-value]
 
     def observe(
-        self,
-        scope: Scope,
-        state: Mapping[str, Any],
-        *,
-        status: int,
-        latency_s: float,
-        ttft_s: float | None,
-        capture: PayloadCapture | None = None,
+        self, scope: Scope, ctx: RequestContext, *, latency_s: float, capture: PayloadCapture | None = None
     ) -> None:
+        status = ctx.status
         route_path: str | None = getattr(scope.get("route"), "path", None)
         endpoint = m.endpoint_label(route_path)
-        model = self.model_label(state.get("model"))
+        model = self.model_label(ctx.model)
         key = (model, endpoint, status)
         counter = self._requests.get(key)
         if counter is None:
@@ -110,23 +105,22 @@ class RequestObserver:
         if histogram is None:
             histogram = self._durations[key[:2]] = m.REQUEST_DURATION.labels(model=model, endpoint=endpoint)
         histogram.observe(latency_s)
+        ttft_s = ctx.ttft_s()
         if ttft_s is not None:
             m.TIME_TO_FIRST_TOKEN.labels(model=model).observe(ttft_s)
-        usage: Mapping[str, Any] = state.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        cache_hit = state.get("cache_hit")
+        prompt = ctx.usage.prompt_tokens or 0
+        completion = ctx.usage.completion_tokens or 0
+        cache_hit = ctx.cache_hit
         if prompt or completion:
             self._count_tokens(model, prompt, completion, cached=bool(cache_hit))
             if status == 200 and completion and not cache_hit and latency_s > 0:
                 m.TOKENS_PER_SECOND.labels(model=model).observe(completion / latency_s)
         if cache_hit is not None:  # set by the pipeline only for requests the cache was asked about
             m.CACHE_REQUESTS.labels(model=model, result="hit" if cache_hit else "miss").inc()
-        limited = state.get("rate_limited")
-        if limited is not None and status == 429:
-            m.count_rate_limited(model, limited)
+        if ctx.rate_limited_by is not None and status == 429:
+            m.count_rate_limited(model, ctx.rate_limited_by)
         if log.isEnabledFor(logging.INFO):
-            self._log(scope, state, route_path, status, latency_s, ttft_s, model, prompt, completion, capture)
+            self._log(scope, ctx, route_path, latency_s, ttft_s, model, prompt, completion, capture)
 
     def _count_tokens(self, model: str, prompt: int, completion: int, *, cached: bool) -> None:
         if prompt:
@@ -141,9 +135,8 @@ class RequestObserver:
     def _log(
         self,
         scope: Scope,
-        state: Mapping[str, Any],
+        ctx: RequestContext,
         route_path: str | None,
-        status: int,
         latency_s: float,
         ttft_s: float | None,
         model: str,
@@ -151,24 +144,23 @@ class RequestObserver:
         completion: int,
         capture: PayloadCapture | None,
     ) -> None:
-        principal = state.get("principal")
+        principal = ctx.principal
         fields: dict[str, Any] = {
             "method": scope["method"],
             "path": route_path or scope["path"][:128],
-            "status": status,
+            "status": ctx.status,
             "latency_ms": round(latency_s * 1000, 2),
             "key": principal.name if principal is not None else None,  # the key's name, never the secret
             "model": model if model != "none" else None,
             "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "cache_hit": bool(state.get("cache_hit", False)),
-            "retries": int(state.get("retries") or 0),
+            "cache_hit": bool(ctx.cache_hit),
+            "retries": ctx.retries,
         }
         if ttft_s is not None:
             fields["ttft_ms"] = round(ttft_s * 1000, 2)
-        error_type = state.get("error_type")
-        if error_type:
-            fields["error_type"] = error_type
+        if ctx.error_type:
+            fields["error_type"] = ctx.error_type
         if capture is not None:
             fields.update(capture.fields())
         log.info("request", extra={FIELDS_ATTR: fields})

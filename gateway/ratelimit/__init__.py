@@ -38,8 +38,9 @@ role default (a role mapped to None is unlimited), then the config default. The 
 the per-model map, then its default; it applies to every role.
 """
 
+from ..errors import RateLimited  # the 429 lives in the one error family; exported here beside Decision.error()
 from .config import LimitConfig, LimitPlan, estimate_tokens, resolve_limits
-from .decision import Decision, RateLimited, UsageCounters, format_reset, rate_limit_headers
+from .decision import Decision, UsageCounters, format_reset, rate_limit_headers
 from .limiter import RateLimiter
 
 __all__ = [

@@ -1,23 +1,11 @@
-"""A check's outcome, its OpenAI rate-limit headers, and the 429 error."""
+"""A check's outcome, its OpenAI rate-limit headers, and the 429 it turns into (errors.RateLimited)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ..errors import APIError
-
-
-class RateLimited(APIError):
-    """429 in OpenAI's shape (type "requests" or "tokens", code "rate_limit_exceeded") with Retry-After."""
-
-    status_code = 429
-    error_type = "requests"
-    default_code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, headers: dict[str, str], error_type: str = "requests") -> None:
-        super().__init__(message, headers=headers)
-        self.error_type = error_type
+from ..errors import RateLimited
 
 
 @dataclass(frozen=True, slots=True)

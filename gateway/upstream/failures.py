@@ -1,28 +1,26 @@
 """What went wrong with a model server, as the client sees it and as routing sees it.
 
-Every aiohttp failure is classified once here into: the API error the client gets (naming the model, never the
-host), the metric `kind`, whether it is safe to send the request again (the server cannot have acted on it, or
-said it did not: refused, reset, 502/503/504), and whether the replica refused the connection outright.
+Every aiohttp failure is classified once, by gateway/errors_backends.py's aiohttp table, into: the API error the
+client gets (naming the model, never the host), the metric `kind`, whether it is safe to send the request again
+(the server cannot have acted on it, or said it did not: refused, reset, 502/503/504), and whether the replica
+refused the connection outright. Error answers (a status) are turned into API errors here.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import aiohttp
 import orjson
 
 from ..catalog import ModelSpec
-from ..errors import APIError, UpstreamError, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable
+from ..errors import APIError, UpstreamStatus
+from ..errors_backends import AIOHTTP_ERRORS, BROKEN, translate_aiohttp_error
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-# A connection that died under the request (aiohttp raises these as ClientOSError, not ConnectionResetError).
-_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 class Failure(Exception):
@@ -40,31 +38,18 @@ class Failure(Exception):
 
 
 def classify(exc: BaseException, spec: ModelSpec) -> Failure:
-    """Turn an exception from an exchange with a model server into a Failure."""
+    """Turn an exception from an exchange with a model server into a Failure (errors_backends' aiohttp table)."""
     if isinstance(exc, Failure):
         return exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        # The connection was never made, so the request was never sent: safe to try another replica.
-        error = UpstreamUnavailable(f"The model '{spec.name}' is unavailable: its server did not accept a connection.")
-        return Failure(error, "connect", retry_reason="connect")
-    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-        # The server may be working on it: sending it again would run it twice. Not retried.
-        return Failure(UpstreamTimeout(f"The model '{spec.name}' did not answer in time."), "timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        error = UpstreamUnavailable(
-            f"The model '{spec.name}' is unavailable: its server cannot be reached.", param="model"
-        )
-        return Failure(error, "connect", retry_reason="connect", refused=True)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError)) or (
-        isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS
-    ):
-        return Failure(UpstreamError(f"The connection to the model '{spec.name}' broke."), "broken", "reset")
     if isinstance(exc, APIError):
         return Failure(exc, "malformed")
-    log.warning(
-        "upstream exchange for %s broke: %s (errno %s)", spec.name, type(exc).__name__, getattr(exc, "errno", None)
-    )
-    return Failure(UpstreamError(f"The connection to the model '{spec.name}' broke."), "broken")
+    fault = translate_aiohttp_error(exc)
+    if fault is None or fault is BROKEN:  # a failure the table does not name: worth a line in the log
+        log.warning(
+            "upstream exchange for %s broke: %s (errno %s)", spec.name, type(exc).__name__, getattr(exc, "errno", None)
+        )
+        fault = BROKEN
+    return Failure(fault.to_error(spec.name), fault.kind, fault.retry_reason, refused=fault.refused)
 
 
 @contextmanager
@@ -74,7 +59,7 @@ def translate_errors(spec: ModelSpec) -> Iterator[None]:
         yield
     except APIError:
         raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except AIOHTTP_ERRORS as exc:
         raise classify(exc, spec).error from exc
 
 

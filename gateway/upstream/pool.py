@@ -28,6 +28,7 @@ import orjson
 
 from ..catalog import Catalog, ModelSpec
 from ..catalog import Timeouts as ModelTimeouts
+from ..context import RequestContext
 from ..errors import ModelNotFound, UpstreamUnavailable
 from ..observability.health_metrics import count_retry, count_upstream_error, forget_replica_state
 from ..settings import Settings
@@ -286,11 +287,11 @@ class UpstreamPool:
         *,
         request_id: str,
         stream: bool = False,
-        trace: dict[str, Any] | None = None,
+        trace: RequestContext | None = None,
     ) -> Exchange:
         """Send a request to a replica of `spec`, retrying safe failures; raises the client's APIError.
 
-        `trace` (the request's state) gets `retries`: how many times the request was sent again.
+        `trace` (the request's context) gets `retries`: how many times the request was sent again.
         """
         timeouts = self._timeouts_for(spec)
         started = time.monotonic()
@@ -312,7 +313,7 @@ class UpstreamPool:
                 )
             tried.append(replica)
             if trace is not None:
-                trace["retries"] = attempt - 1
+                trace.retries = attempt - 1
             try:
                 return await self._attempt(replica, spec, path, payload, request_id, stream, timeouts)
             except Failure as failure:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ..catalog import ModelSpec
+from ..context import Answer, Usage
 from ..errors import APIError, UpstreamError, UpstreamTimeout
 from ..observability.health_metrics import count_upstream_error
 from .failures import translate_errors
@@ -26,13 +27,15 @@ def error_event(error: APIError) -> bytes:
     return b"data: " + error.to_bytes() + EVENT_END
 
 
-def _collect_content(block: bytes, answer: dict[str, Any]) -> None:
+def _collect_content(block: bytes, answer: Answer) -> None:
     """Gather the streamed text and tool calls of the first choice (only for requests in a conversation session).
 
     Tool calls arrive as deltas keyed by `index`: the first carries the id and the function's name, the
     following ones pieces of the arguments' JSON text.
     """
-    parts = answer.setdefault("parts", [])
+    if answer.parts is None:
+        answer.parts = []
+    parts = answer.parts
     for event in block.split(EVENT_END):
         if event.startswith(b"data: {"):
             choices = orjson.loads(event[6:]).get("choices") or []
@@ -43,7 +46,7 @@ def _collect_content(block: bytes, answer: dict[str, Any]) -> None:
                 parts.append(delta["content"])
             for call in delta.get("tool_calls") or []:
                 if isinstance(call, dict) and isinstance(call.get("index"), int):
-                    _collect_tool_call(call, answer.setdefault("tool_calls", {}))
+                    _collect_tool_call(call, answer.tool_calls)
 
 
 def _collect_tool_call(delta: dict[str, Any], calls: dict[int, dict[str, Any]]) -> None:
@@ -57,14 +60,14 @@ def _collect_tool_call(delta: dict[str, Any], calls: dict[int, dict[str, Any]]) 
         call["function"]["arguments"] += function["arguments"]
 
 
-def _take_usage(block: bytes, usage: dict[str, Any], *, forward_usage: bool) -> bytes:
+def _take_usage(block: bytes, usage: Usage, *, forward_usage: bool) -> bytes:
     """Record the usage event's counts; drop that event if the client did not ask for usage."""
     kept = []
     for event in block.split(EVENT_END)[:-1]:
         if USAGE_MARK in event and event.startswith(b"data: {"):
             parsed = orjson.loads(event[6:])
             if isinstance(parsed.get("usage"), dict):
-                usage.update(parsed["usage"])
+                usage.take(parsed["usage"])
                 if not forward_usage and not parsed.get("choices"):
                     continue
         kept.append(event + EVENT_END)
@@ -83,9 +86,9 @@ async def relay_stream(
     *,
     spec: ModelSpec,
     requested_name: str,
-    usage: dict[str, Any],
+    usage: Usage,
     forward_usage: bool,
-    answer: dict[str, Any] | None = None,
+    answer: Answer | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's events, renamed to the model the client asked for; fill `usage` from the end.
 
@@ -126,10 +129,9 @@ async def relay_stream(
         failed = True
         count_upstream_error(spec.name, "timeout" if isinstance(error, UpstreamTimeout) else "broken")
         log.warning("stream from %s ended with an error: %s", spec.name, error.message)
-        usage["error_type"] = error.error_type
+        usage.error_type = error.error_type
         if answer is not None:
-            answer.pop("parts", None)  # an unfinished answer is not stored in the session
-            answer.pop("tool_calls", None)
+            answer.discard()  # an unfinished answer is not stored in the session
         yield error_event(error)
         yield DONE_EVENT
     finally:

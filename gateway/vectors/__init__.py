@@ -3,6 +3,6 @@
 store.py      QdrantStore: the one Qdrant client (server or embedded local mode), its errors translated
 filters.py    the metadata filter of a search or a delete, checked and turned into a Qdrant filter
 embedder.py   texts to vectors through the catalogue's embedding model (InferenceService.forward)
-service.py    VectorService: collections with owners, documents, search (what app.state.vectors is)
+service.py    VectorService: collections with owners, documents, search (Services.vectors)
 retrieval.py  Retrieval: the chat `retrieval` extension (search, passages into the prompt, documents used)
 """

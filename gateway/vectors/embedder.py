@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from ..catalog import ModelSpec
+from ..context import Usage
 from ..errors import InvalidRequest, ModelNotFound, UpstreamError
 from ..inference import InferenceService, Prepared
 
@@ -48,10 +49,10 @@ class Embedder:
         # truncate_prompt_tokens=-1 (vLLM): cut a long text to the model's context instead of refusing it.
         payload = orjson.dumps({"model": spec.upstream_name, "input": texts, "truncate_prompt_tokens": -1})
         prepared = Prepared(endpoint="embeddings", spec=spec, requested_name=spec.name, payload=payload, stream=False)
-        used: dict[str, Any] = {}
+        used = Usage()
         response = await self.inference.forward(prepared, request_id=request_id, usage=used)
-        for name in ("prompt_tokens", "total_tokens"):
-            usage[name] = usage.get(name, 0) + int(used.get(name) or 0)
+        usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + (used.prompt_tokens or 0)
+        usage["total_tokens"] = usage.get("total_tokens", 0) + (used.total_tokens or 0)
         try:
             data = orjson.loads(bytes(response.body))["data"]
             ordered = sorted(data, key=lambda item: item["index"])

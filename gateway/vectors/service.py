@@ -1,4 +1,4 @@
-"""VectorService (app.state.vectors): collections with owners, documents, search; built once in the lifespan.
+"""VectorService (Services.vectors): collections with owners, documents, search; built once in the lifespan.
 
 Who sees what:
   - a collection made by a key belongs to that key: any other key gets 404, as if it did not exist;
@@ -23,12 +23,19 @@ import orjson
 from qdrant_client import models
 
 from ..auth import Principal
-from ..errors import APIError, InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied
+from ..errors import (
+    APIError,
+    CollectionExists,
+    DimensionMismatch,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from ..inference import InferenceService, model_not_allowed
 from ..protocol.vectors import CollectionCreate, DeleteDocumentsRequest, SearchRequest, UpsertRequest
 from ..settings import Settings
 from .embedder import Embedder
-from .errors import CollectionExists, DimensionMismatch
 from .filters import OWNER_FIELD, metadata_conditions, owned
 from .quotas import StorageQuota, check_new_collection, check_new_documents
 from .store import SHARED, CollectionInfo, QdrantStore

@@ -1,5 +1,5 @@
 """QdrantStore: the one Qdrant client (a server at QDRANT_URL, or the embedded local mode on disk), the
-registry of collections, and the translation of Qdrant's failures into the gateway's errors.
+registry of collections; every call goes through translate_errors() (the table is gateway/errors_backends.py).
 
 Layout in Qdrant (every name under one prefix, CITADEL_QDRANT_PREFIX, so a shared Qdrant server can hold
 other data, or several gateways, too):
@@ -20,19 +20,18 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from ..errors import APIError, InvalidRequest, NotFound
+from ..errors import APIError, CollectionExists, VectorStoreUnavailable
+from ..errors_backends import translate_qdrant_error
 from ..observability.health_metrics import count_qdrant_failure
 from ..settings import Settings
-from .errors import CollectionExists, VectorStoreUnavailable
 
 log = logging.getLogger(__name__)
 
 SHARED = "shared"  # the owner tag of collections every key may read (model collections, admin-shared ones)
 _REGISTRY_NAMESPACE = uuid.UUID("6f1d3c1e-8a53-4c1b-9f7e-0c1a2b3c4d5e")
 _DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}
-UNAVAILABLE = "The vector store is unavailable; try again later."
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,32 +53,21 @@ def registry_id(name: str) -> str:
 
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn qdrant-client's failures into the most specific API error; never a host, path or payload."""
+    """Raise qdrant-client's failures as the most specific API error (errors_backends.translate_qdrant_error);
+    never a host, path or payload."""
     try:
         yield
     except APIError:
         raise
-    except UnexpectedResponse as exc:
-        if exc.status_code == 404:
-            raise NotFound("No such collection.", param="collection") from exc
-        if exc.status_code == 409:
-            raise CollectionExists("A collection with that name already exists.", param="name") from exc
-        if exc.status_code in (400, 422):
-            raise InvalidRequest("The vector store refused the request.") from exc
-        log.warning("qdrant answered %s", exc.status_code)  # 401/403: check QDRANT_API_KEY
-        count_qdrant_failure("request")
-        raise VectorStoreUnavailable(UNAVAILABLE) from exc
-    except (ResponseHandlingException, TimeoutError, OSError) as exc:
-        log.warning("qdrant is unreachable: %s", type(exc).__name__)
-        count_qdrant_failure("request")
-        raise VectorStoreUnavailable(UNAVAILABLE) from exc
-    except ValueError as exc:  # the embedded local mode reports its refusals as ValueError
-        text = str(exc)
-        if "not found" in text:
-            raise NotFound("No such collection.", param="collection") from exc
-        if "already exists" in text:
-            raise CollectionExists("A collection with that name already exists.", param="name") from exc
-        raise InvalidRequest("The vector store refused the request.") from exc
+    except Exception as exc:
+        error = translate_qdrant_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, VectorStoreUnavailable):
+            # A status here is 401/403 (check QDRANT_API_KEY) or a 5xx; logged by status or class name only.
+            log.warning("qdrant is unavailable: %s", getattr(exc, "status_code", None) or type(exc).__name__)
+            count_qdrant_failure("request")
+        raise error from exc
 
 
 class QdrantStore:
@@ -127,7 +115,7 @@ class QdrantStore:
     @property
     def client(self) -> AsyncQdrantClient:
         if self._client is None:
-            raise VectorStoreUnavailable(self._disabled_reason or UNAVAILABLE)
+            raise VectorStoreUnavailable(self._disabled_reason)
         return self._client
 
     async def close(self) -> None:

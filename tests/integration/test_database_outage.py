@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.services import services_of
 from services.postgres import LocalPostgres
 from tests.integration.conftest import running_db_gateway
 
@@ -64,7 +65,7 @@ async def test_outage_under_load_loses_no_audit_row_and_duplicates_none(
             assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "database_unavailable"
             listing = await gw.client.get("/admin/keys", headers=gw.headers())
             assert listing.status_code == 503 and "unreachable" in listing.json()["error"]["message"]
-            assert gw.app.state.audit.spooled_rows > 0
+            assert services_of(gw.app).audit.spooled_rows > 0
         finally:
             server.start()
         statuses += [await send(i, user) for i in range(250, 300)]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.services import services_of
 from services.redis import LocalRedis
 from tests.integration.conftest import DbGateway, running_db_gateway
 
@@ -141,7 +142,7 @@ async def test_redis_down_under_load_fails_open_and_recovers(
             per_request = (time.monotonic() - started) / 50
             statuses += [r.status_code for r in down]
             assert all("x-ratelimit-remaining-requests" not in r.headers for r in down)  # limits failed open
-            assert gw.app.state.redis_policy.total() > 0
+            assert services_of(gw.app).redis_policy.total() > 0
             assert failures_counted() > counted_before
         finally:
             redis_server.start()

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import create_app
 from gateway.reload import CHANNEL
+from gateway.services import services_of
 from tests.conftest import make_settings
 from tests.integration.conftest import DbGateway
 from tests.support import processes
@@ -105,7 +106,7 @@ class Live:
 
     @property
     def pool(self) -> Any:
-        return self.app.state.inference.pool
+        return services_of(self.app).pool
 
 
 @pytest.fixture
@@ -207,7 +208,7 @@ async def test_a_new_model_is_served_and_a_removed_one_answers_404(live: Live) -
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
     checks = (await live.client.get("/health/ready")).json()["checks"]
     assert "model:fresh" in checks and "model:m" not in checks
-    assert [row["model"] for row in live.app.state.status_board.data()["models"]] == ["fresh"]
+    assert [row["model"] for row in services_of(live.app).status_board.data()["models"]] == ["fresh"]
 
 
 async def test_a_bad_file_is_refused_and_the_old_configuration_keeps_serving(live: Live) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.services import services_of
 from tests.conftest import free_port
 from tests.integration.conftest import DbGateway, running_db_gateway
 from tests.support.catalogs import chat_entry
@@ -49,12 +50,12 @@ async def vector_gateway(
     overrides.setdefault("qdrant_prefix", f"t{uuid.uuid4().hex[:10]}_")
     tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  (a test's own folder, once)
     async with running_db_gateway(tmp_path, postgres_url, upstream_url, models=models, **overrides) as gateway:
-        settings = gateway.app.state.inference.settings
+        settings = services_of(gateway.app).settings
         try:
             yield gateway
         finally:
             if settings.qdrant_url and not overrides.get("qdrant_url"):  # a real server: leave it as it was
-                qdrant = gateway.app.state.vectors.store.client
+                qdrant = services_of(gateway.app).vectors.store.client
                 for found in (await qdrant.get_collections()).collections:
                     if found.name.startswith(settings.qdrant_prefix):
                         await qdrant.delete_collection(found.name)
@@ -434,7 +435,7 @@ async def test_unreachable_qdrant_fails_vector_requests_only(
         assert "127.0.0.1" not in response.text
         assert (await gw.client.post("/v1/chat/completions", json=chat, headers=gw.headers())).status_code == 200
         with pytest.raises(Exception, match="unavailable"):
-            await gw.app.state.vectors.ping()
+            await services_of(gw.app).vectors.ping()
 
 
 @pytest.mark.skipif(bool(os.environ.get("QDRANT_URL")), reason="about the embedded mode (QDRANT_URL is set)")

@@ -229,14 +229,14 @@ def service(tmp_path: Any) -> Any:
 def test_the_clients_field_order_does_not_change_the_key(service: Any) -> None:
     one = b'{"model":"phi3","temperature":0,"messages":[{"role":"user","content":"hi"}],"seed":1}'
     two = b'{"seed":1, "messages":[{"content":"hi","role":"user"}], "model":"phi3", "temperature":0.0}'
-    first = service.prepare(endpoint="chat", body=one, principal=KEY_A)
-    second = service.prepare(endpoint="chat", body=two, principal=KEY_A)
+    first = service.prepare(service.parse("chat", one), principal=KEY_A)
+    second = service.prepare(service.parse("chat", two), principal=KEY_A)
     assert cache_key(KEY_A, first) == cache_key(KEY_A, second)
-    assert cache_key(KEY_A, first) != cache_key(KEY_B, service.prepare(endpoint="chat", body=one, principal=KEY_B))
+    assert cache_key(KEY_A, first) != cache_key(KEY_B, service.prepare(service.parse("chat", one), principal=KEY_B))
 
 
 def test_the_models_default_temperature_is_not_deterministic(service: Any) -> None:
     body = b'{"model":"phi3","messages":[{"role":"user","content":"hi"}]}'
-    assert decide(service.prepare(endpoint="chat", body=body, principal=KEY_A), {}) is BYPASS
+    assert decide(service.prepare(service.parse("chat", body), principal=KEY_A), {}) is BYPASS
     zero = b'{"model":"phi3","messages":[{"role":"user","content":"hi"}],"temperature":0}'
-    assert decide(service.prepare(endpoint="chat", body=zero, principal=KEY_A), {}) is USE
+    assert decide(service.prepare(service.parse("chat", zero), principal=KEY_A), {}) is USE

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.auth import Principal, Role
 from gateway.catalog import load_catalog
+from gateway.context import RequestContext, Usage
 from gateway.observability.metrics import LATENCY_BUCKETS
 from gateway.observability.requests import RequestObserver
 from gateway.observability.window import BOUNDS, ModelCounts, Snapshot, StatusBoard, quantile, snapshot
@@ -41,9 +42,33 @@ def scope(path: str = "/v1/chat/completions") -> dict[str, Any]:
     return {"type": "http", "method": "POST", "path": path, "route": route}
 
 
-def state(**extra: Any) -> dict[str, Any]:
+def state(
+    *,
+    usage: dict[str, int] | None = None,
+    rate_limited: str | None = None,
+    request_id: str = "rid-unit-1",
+    **extra: Any,
+) -> RequestContext:
     principal = Principal(key_id=uuid.uuid4(), name="team-a", role=Role.USER)
-    return {"request_id": "rid-unit-1", "principal": principal, **extra}
+    ctx = RequestContext(request_id=request_id, started=0.0, principal=principal, rate_limited_by=rate_limited, **extra)
+    ctx.usage = Usage(**(usage or {}))
+    return ctx
+
+
+def observe(
+    observer: RequestObserver,
+    scope: dict[str, Any],
+    ctx: RequestContext,
+    *,
+    status: int,
+    latency_s: float,
+    ttft_s: float | None,
+) -> None:
+    """What the request layer does once a request is over."""
+    ctx.status = status
+    if ttft_s is not None:
+        ctx.stream, ctx.first_byte = True, ctx.started + ttft_s
+    observer.observe(scope, ctx, latency_s=latency_s)
 
 
 def test_one_request_counts_status_latency_tokens_and_cost(observer: RequestObserver) -> None:
@@ -58,7 +83,7 @@ def test_one_request_counts_status_latency_tokens_and_cost(observer: RequestObse
         "ttft": value("citadel_llm_time_to_first_token_seconds_count", model="priced"),
     }
     usage = {"prompt_tokens": 1000, "completion_tokens": 500}
-    observer.observe(scope(), state(model="priced", usage=usage, stream=True), status=200, latency_s=0.25, ttft_s=0.1)
+    observe(observer, scope(), state(model="priced", usage=usage, stream=True), status=200, latency_s=0.25, ttft_s=0.1)
     assert value("citadel_llm_requests_total", model="priced", endpoint="chat", status="200") == before["requests"] + 1
     assert value("citadel_llm_request_duration_seconds_count", model="priced", endpoint="chat") == before["latency"] + 1
     le = value("citadel_llm_request_duration_seconds_bucket", model="priced", endpoint="chat", le="0.3")
@@ -76,25 +101,25 @@ def test_cache_results_and_rate_limits_are_counted_by_kind(observer: RequestObse
     misses = value("citadel_llm_cache_requests_total", model="priced", result="miss")
     cost = value("citadel_llm_cost_total", model="priced")
     usage = {"prompt_tokens": 10, "completion_tokens": 10}
-    observer.observe(
-        scope(), state(model="priced", cache_hit=True, usage=usage), status=200, latency_s=0.01, ttft_s=None
+    observe(
+        observer, scope(), state(model="priced", cache_hit=True, usage=usage), status=200, latency_s=0.01, ttft_s=None
     )
-    observer.observe(scope(), state(model="priced", cache_hit=False), status=200, latency_s=0.01, ttft_s=None)
-    observer.observe(scope(), state(model="priced"), status=200, latency_s=0.01, ttft_s=None)  # not cacheable
+    observe(observer, scope(), state(model="priced", cache_hit=False), status=200, latency_s=0.01, ttft_s=None)
+    observe(observer, scope(), state(model="priced"), status=200, latency_s=0.01, ttft_s=None)  # not cacheable
     assert value("citadel_llm_cache_requests_total", model="priced", result="hit") == hits + 1
     assert value("citadel_llm_cache_requests_total", model="priced", result="miss") == misses + 1
     assert value("citadel_llm_cost_total", model="priced") == cost  # a cached answer cost no model time
     for limit in ("requests", "model_requests", "tokens"):
         before = value("citadel_llm_rate_limited_total", model="priced", limit=limit)
-        observer.observe(scope(), state(model="priced", rate_limited=limit), status=429, latency_s=0.001, ttft_s=None)
+        observe(observer, scope(), state(model="priced", rate_limited=limit), status=429, latency_s=0.001, ttft_s=None)
         assert value("citadel_llm_rate_limited_total", model="priced", limit=limit) == before + 1
 
 
 def test_labels_stay_bounded(observer: RequestObserver) -> None:
     """Unknown model names, raw paths, keys and request ids never become label values."""
     odd = state(model=f"no-such-model-{uuid.uuid4()}", request_id=SECRET)
-    observer.observe(scope(f"/v1/whatever/{uuid.uuid4()}"), odd, status=404, latency_s=0.001, ttft_s=None)
-    observer.observe(scope("/v1/models"), state(), status=200, latency_s=0.001, ttft_s=None)
+    observe(observer, scope(f"/v1/whatever/{uuid.uuid4()}"), odd, status=404, latency_s=0.001, ttft_s=None)
+    observe(observer, scope("/v1/models"), state(), status=200, latency_s=0.001, ttft_s=None)
     assert value("citadel_llm_requests_total", model="other", endpoint="other", status="404") >= 1
     assert value("citadel_llm_requests_total", model="none", endpoint="other", status="200") >= 1
     for metric in REGISTRY.collect():

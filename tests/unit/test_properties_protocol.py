@@ -194,7 +194,7 @@ def test_preparing_any_near_valid_request_gives_a_payload_or_a_4xx(
     body = _json_text(data.draw(_requests(endpoint)))
     principal = data.draw(st.sampled_from([CALLER, LIMITED]))
     try:
-        prepared = service.prepare(endpoint=endpoint, body=body, principal=principal)  # type: ignore[arg-type]
+        prepared = service.prepare(service.parse(endpoint, body), principal=principal)  # type: ignore[arg-type]
     except APIError as error:
         assert 400 <= error.status_code < 500, error.message
         return

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.errors import InvalidRequest, NotFound
 from gateway.observability.metrics import QDRANT_FAILURES
-from gateway.vectors.errors import CollectionExists, VectorStoreUnavailable
+from gateway.errors import CollectionExists, VectorStoreUnavailable
 from gateway.vectors.store import QdrantStore
 from tests.conftest import make_settings
 from tests.support.ports import free_port

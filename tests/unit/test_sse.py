@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 
 from gateway.catalog import ModelSpec
+from gateway.context import Usage
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
 from gateway.upstream.pool import Exchange
 from gateway.upstream.replica import Replica
@@ -49,7 +49,7 @@ def spec(upstream: str) -> ModelSpec:
 
 
 async def relay(
-    chunks: list[bytes], upstream: str, *, usage: dict[str, Any] | None = None, forward_usage: bool = False
+    chunks: list[bytes], upstream: str, *, usage: Usage | None = None, forward_usage: bool = False
 ) -> tuple[bytes, FakeResponse]:
     response = FakeResponse(chunks)
     exchange = Exchange(response, replica(), body=b"")  # type: ignore[arg-type]
@@ -57,7 +57,7 @@ async def relay(
         exchange,
         spec=spec(upstream),
         requested_name="public",
-        usage={} if usage is None else usage,
+        usage=Usage() if usage is None else usage,
         forward_usage=forward_usage,
     )
     body = b"".join([chunk async for chunk in stream])
@@ -103,9 +103,9 @@ USAGE = b'data: {"model":"served","choices":[],"usage":{"prompt_tokens":7,"compl
 
 @pytest.mark.parametrize("forward_usage", [False, True])
 async def test_usage_is_recorded_and_shown_only_when_asked(forward_usage: bool) -> None:
-    usage: dict[str, Any] = {}
+    usage = Usage()
     whole = event("served", "a") + USAGE + DONE_EVENT
     out, _ = await relay([whole[:20], whole[20:]], "served", usage=usage, forward_usage=forward_usage)
-    assert usage == {"prompt_tokens": 7, "completion_tokens": 3}
+    assert usage == Usage(prompt_tokens=7, completion_tokens=3)
     assert (b'"usage":{' in out) is forward_usage
     assert out.endswith(DONE_EVENT)

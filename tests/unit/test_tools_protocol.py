@@ -15,6 +15,7 @@ import pytest
 
 from gateway.auth import Principal, Role
 from gateway.catalog import Catalog, ModelSpec, load_catalog, tool_call_args
+from gateway.context import Answer, Usage
 from gateway.errors import InvalidRequest
 from gateway.inference import InferenceService
 from gateway.protocol.tools import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, MAX_TOOLS
@@ -56,14 +57,14 @@ def chat(model: str = "tools", **fields: Any) -> bytes:
 
 
 def forwarded(service: InferenceService, body: bytes, endpoint: str = "chat") -> dict[str, Any]:
-    prepared = service.prepare(endpoint=endpoint, body=body, principal=ADMIN)  # type: ignore[arg-type]
+    prepared = service.prepare(service.parse(endpoint, body), principal=ADMIN)  # type: ignore[arg-type]
     result: dict[str, Any] = orjson.loads(prepared.payload)
     return result
 
 
 def refused(service: InferenceService, body: bytes, endpoint: str = "chat") -> InvalidRequest:
     with pytest.raises(InvalidRequest) as caught:
-        service.prepare(endpoint=endpoint, body=body, principal=ADMIN)  # type: ignore[arg-type]
+        service.prepare(service.parse(endpoint, body), principal=ADMIN)  # type: ignore[arg-type]
     assert caught.value.status_code == 400
     return caught.value
 
@@ -437,12 +438,12 @@ def test_a_sessions_reply_keeps_the_tool_calls_of_a_json_answer() -> None:
         }
     )
     spec = ModelSpec(name="tools", **chat_entry("http://x"))  # type: ignore[arg-type]
-    usage: dict[str, Any] = {}
-    answer: dict[str, Any] = {}
+    usage = Usage()
+    answer = Answer()
     relayed = orjson.loads(_renamed(body, spec, "tools", usage, answer))
     assert relayed["choices"][0]["message"]["tool_calls"] == [call] and relayed["model"] == "tools"
-    assert usage["completion_tokens"] == 7
-    assert answer["message"] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert usage.completion_tokens == 7
+    assert answer.reply() == {"role": "assistant", "content": "", "tool_calls": [call]}
 
 
 def test_a_sessions_reply_reassembles_streamed_tool_call_deltas() -> None:
@@ -462,8 +463,8 @@ def test_a_sessions_reply_reassembles_streamed_tool_call_deltas() -> None:
             b"data: [DONE]\n\n",
         ]
     )
-    answer: dict[str, Any] = {}
+    answer = Answer()
     _collect_content(block, answer)
-    assert answer["tool_calls"] == {
+    assert answer.tool_calls == {
         0: {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
     }
