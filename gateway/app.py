@@ -87,18 +87,18 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             log.warning("no DATABASE_URL: only the bootstrap admin key works; audit rows stay in the local spool")
         audit = AuditLog(
             dsn=asyncpg_dsn(database_url) if database_url else None,
-            spool_dir=settings.audit_spool_dir,
-            batch_size=settings.audit_batch_size,
-            flush_interval_s=settings.audit_flush_interval_s,
-            spool_max_bytes=settings.audit_spool_max_mb * 2**20,
+            spool_dir=settings.audit.spool_dir,
+            batch_size=settings.audit.batch_size,
+            flush_interval_s=settings.audit.flush_interval_s,
+            spool_max_bytes=settings.audit.spool_max_mb * 2**20,
         )
         await audit.start()
-        redis = create_redis(settings.redis_url, timeout_ms=settings.redis_timeout_ms) if settings.redis_url else None
+        redis = create_redis(settings.redis_url, timeout_ms=settings.redis.timeout_ms) if settings.redis_url else None
         policy = RedisPolicy.from_settings(settings, on_event=count_redis_failure) if redis is not None else None
         cache = None
-        if redis is not None and settings.cache_enabled:
-            cache = ResponseCache(redis, ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
-        limit_config = LimitConfig.from_settings(settings)
+        if redis is not None and settings.cache.enabled:
+            cache = ResponseCache(redis, ttl_s=settings.cache.ttl_s, max_entry_bytes=settings.cache.max_entry_bytes)
+        limit_config = LimitConfig.from_settings(settings.rate_limit)
         limit_config.validate()
         inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
         conversations = Conversations(db_sessions)
@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                         catalog=lambda: inference.catalog,
                         db_sessions=db_sessions,
                         audit_dsn=asyncpg_dsn(database_url) if database_url else None,
-                        retention_days=settings.audit_retention_days,
+                        retention_days=settings.audit.retention_days,
                     )
                 )
                 yield
@@ -241,7 +241,7 @@ def _readiness(
         pool=pool,
         models=list(catalog.models),
         dependencies=dependencies,
-        timeout_s=settings.health_timeout_s,
+        timeout_s=settings.health.timeout_s,
         cache_s=settings.readiness_cache_s,
         audit_spool_bytes=lambda: audit.spool_bytes,
     )

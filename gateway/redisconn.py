@@ -127,10 +127,10 @@ class RedisPolicy:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> RedisPolicy:
         return cls(
-            {"limits": settings.redis_fail_mode_limits, "cache": settings.redis_fail_mode_cache},
-            cooldown_s=settings.redis_cooldown_ms / 1000,
-            log_interval_s=settings.redis_log_interval_s,
-            deadline_s=3 * settings.redis_timeout_ms / 1000,
+            {"limits": settings.redis.fail_mode_limits, "cache": settings.redis.fail_mode_cache},
+            cooldown_s=settings.redis.cooldown_ms / 1000,
+            log_interval_s=settings.redis.log_interval_s,
+            deadline_s=3 * settings.redis.timeout_ms / 1000,
             **kwargs,  # type: ignore[arg-type]
         )
 

@@ -67,9 +67,9 @@ class QdrantTarget:
         return cls(
             url=settings.qdrant_url.rstrip("/") if settings.qdrant_url else None,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            path=settings.qdrant_path,
-            prefix=settings.qdrant_prefix,
-            timeout_s=settings.qdrant_timeout_s,
+            path=settings.qdrant.path,
+            prefix=settings.qdrant.prefix,
+            timeout_s=settings.qdrant.timeout_s,
         )
 
     @property

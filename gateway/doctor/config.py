@@ -15,7 +15,7 @@ import yaml
 from pydantic import SecretStr, ValidationError
 
 from ..catalog import Catalog, ConfigError, load_catalog
-from ..settings import Settings, config_environment
+from ..settings import GROUPS, Settings, config_environment
 from .findings import Finding, fail, ok
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
@@ -61,6 +61,12 @@ def _with_defaults(exc: ValidationError, env_file: Path | None) -> Settings | No
     overrides: dict[str, Any] = {}
     for error in exc.errors():
         key = str(error["loc"][0])
+        if key in GROUPS and len(error["loc"]) > 1:  # a group's member: its flat name takes the member's default
+            member = GROUPS[key].model_fields.get(str(error["loc"][1]))
+            if member is None:
+                return None
+            overrides[f"{key}_{error['loc'][1]}"] = member.get_default(call_default_factory=True)
+            continue
         field = Settings.model_fields.get(key) or next(
             (f for f in Settings.model_fields.values() if key in getattr(f.validation_alias, "choices", ())), None
         )

@@ -127,9 +127,9 @@ async def _checks(
             )
         ]
 
-    places = {"the cache": cache_dir, "the audit spool": settings.audit_spool_dir}
+    places = {"the cache": cache_dir, "the audit spool": settings.audit.spool_dir}
     if not settings.qdrant_url:
-        places["the embedded Qdrant store"] = settings.qdrant_path
+        places["the embedded Qdrant store"] = settings.qdrant.path
     if hub_ids:
         places["the Hugging Face cache"] = hf_cache
     places = {label: _resolve(path, workdir) for label, path in places.items()}

@@ -184,11 +184,11 @@ async def check_redis(settings: Settings, *, timeout_s: float) -> list[Finding]:
     detail = (
         f"{where}: Redis {info.get('redis_version', '?')}, connected in {connect_ms:g} ms, round trip {latency:g} ms"
     )
-    if latency > settings.redis_timeout_ms:
+    if latency > settings.redis.timeout_ms:
         return [
             warn(
                 "redis",
-                f"{detail}: slower than CITADEL_REDIS_TIMEOUT_MS ({settings.redis_timeout_ms:g} ms), so the gateway "
+                f"{detail}: slower than CITADEL_REDIS_TIMEOUT_MS ({settings.redis.timeout_ms:g} ms), so the gateway "
                 "counts its calls as failures",
                 "run Redis next to the gateway (a sidecar answers in well under a millisecond), or raise "
                 "CITADEL_REDIS_TIMEOUT_MS",
@@ -252,7 +252,7 @@ async def check_qdrant(settings: Settings, *, timeout_s: float, workdir: Path) -
 
 def embedded_qdrant(settings: Settings, *, workdir: Path) -> list[Finding]:
     """Without QDRANT_URL: the embedded store's folder must be writable, and only one worker may open it."""
-    path = settings.qdrant_path if settings.qdrant_path.is_absolute() else workdir / settings.qdrant_path
+    path = settings.qdrant.path if settings.qdrant.path.is_absolute() else workdir / settings.qdrant.path
     findings = []
     if settings.workers > 1:
         findings.append(

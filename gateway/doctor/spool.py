@@ -14,7 +14,7 @@ _SEGMENT = re.compile(r"^\d{12}\.jsonl$")  # gateway/audit/spool.py's segment na
 
 def spool_finding(settings: Settings, *, workdir: Path) -> Finding:
     """Audit rows waiting on disk (PostgreSQL away or not configured) against CITADEL_AUDIT_SPOOL_MAX_MB."""
-    folder = settings.audit_spool_dir if settings.audit_spool_dir.is_absolute() else workdir / settings.audit_spool_dir
+    folder = settings.audit.spool_dir if settings.audit.spool_dir.is_absolute() else workdir / settings.audit.spool_dir
     problem = writable_problem(folder)
     if problem:
         return fail(
@@ -24,13 +24,13 @@ def spool_finding(settings: Settings, *, workdir: Path) -> Finding:
         )
     segments = [path for path in folder.iterdir() if _SEGMENT.match(path.name)] if folder.is_dir() else []
     waiting = sum(path.stat().st_size for path in segments)
-    limit = settings.audit_spool_max_mb * 2**20
+    limit = settings.audit.spool_max_mb * 2**20
     if waiting == 0:
-        return ok("audit spool", f"{folder}: empty (limit {settings.audit_spool_max_mb} MB)")
+        return ok("audit spool", f"{folder}: empty (limit {settings.audit.spool_max_mb} MB)")
     share = waiting / limit
     detail = (
         f"{folder}: {len(segments)} segment(s), {waiting / 2**20:.1f} MB of audit rows wait "
-        f"({share:.0%} of CITADEL_AUDIT_SPOOL_MAX_MB={settings.audit_spool_max_mb})"
+        f"({share:.0%} of CITADEL_AUDIT_SPOOL_MAX_MB={settings.audit.spool_max_mb})"
     )
     if settings.database_url is None:
         fix = "without DATABASE_URL they stay there: set DATABASE_URL; the gateway then writes them to PostgreSQL"

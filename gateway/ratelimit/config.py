@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import limits
 from limits import RateLimitItem
 
 from ..auth import Principal
+from ..settings import RateLimitSettings
 
 DEFAULT_ROLE_REQUESTS: dict[str, str | None] = {"admin": None, "user": "60/minute", "viewer": "60/minute"}
 DEFAULT_ROLE_TOKENS: dict[str, str | None] = {"admin": None}
@@ -32,19 +32,17 @@ class LimitConfig:
     key_prefix: str = "citadel:rl"
 
     @classmethod
-    def from_settings(cls, settings: Any) -> LimitConfig:
-        """From gateway.settings.Settings (fields `rate_limit_*`; defaults here where a field is absent)."""
-        base = cls()
+    def from_settings(cls, settings: RateLimitSettings) -> LimitConfig:
+        """From the gateway's settings (`Settings.rate_limit`, CITADEL_RATE_LIMIT_*)."""
         return cls(
-            requests_default=getattr(settings, "rate_limit_requests_default", base.requests_default),
-            role_requests=getattr(settings, "rate_limit_role_requests", base.role_requests),
-            tokens_default=getattr(settings, "rate_limit_tokens_default", base.tokens_default),
-            role_tokens=getattr(settings, "rate_limit_role_tokens", base.role_tokens),
-            model_requests_default=getattr(settings, "rate_limit_model_requests_default", None),
-            model_requests=getattr(settings, "rate_limit_model_requests", base.model_requests),
-            control_default=getattr(settings, "rate_limit_control_default", base.control_default),
-            role_control=getattr(settings, "rate_limit_role_control", base.role_control),
-            key_prefix=getattr(settings, "rate_limit_key_prefix", base.key_prefix),
+            requests_default=settings.requests_default,
+            role_requests=settings.role_requests,
+            tokens_default=settings.tokens_default,
+            role_tokens=settings.role_tokens,
+            model_requests_default=settings.model_requests_default,
+            model_requests=settings.model_requests,
+            control_default=settings.control_default,
+            role_control=settings.role_control,
         )
 
     def validate(self) -> None:

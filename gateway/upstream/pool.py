@@ -150,22 +150,22 @@ class UpstreamPool:
         # Replicas removed by a reload whose requests in flight have not finished yet.
         self._draining: dict[Replica, asyncio.Task[None]] = {}
         self.retry = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            backoff_base_s=settings.retry_backoff_base_s,
-            backoff_max_s=settings.retry_backoff_max_s,
-            budget_s=settings.retry_budget_s,
+            max_attempts=settings.retry.max_attempts,
+            backoff_base_s=settings.retry.backoff_base_s,
+            backoff_max_s=settings.retry.backoff_max_s,
+            budget_s=settings.retry.budget_s,
         )
         self.prober = HealthProber(
-            list(self._replicas.values()), interval_s=settings.health_interval_s, timeout_s=settings.health_timeout_s
+            list(self._replicas.values()), interval_s=settings.health.interval_s, timeout_s=settings.health.timeout_s
         )
         # vLLM's load figures count while younger than three probe intervals.
-        self._fresh_s = 3 * settings.health_interval_s
+        self._fresh_s = 3 * settings.health.interval_s
 
     def _new_replica(self, url: str, models: list[str]) -> Replica:
         breaker = CircuitBreaker(
-            failure_threshold=self._settings.breaker_failure_threshold,
-            cooldown_s=self._settings.breaker_cooldown_s,
-            max_cooldown_s=self._settings.breaker_max_cooldown_s,
+            failure_threshold=self._settings.breaker.failure_threshold,
+            cooldown_s=self._settings.breaker.cooldown_s,
+            max_cooldown_s=self._settings.breaker.max_cooldown_s,
         )
         replica = Replica(url=url, models=list(models), breaker=breaker)
         breaker.on_change = lambda _state, replica=replica: replica.publish()
@@ -179,19 +179,19 @@ class UpstreamPool:
 
     def _effective_timeouts(self, spec: ModelSpec) -> Timeouts:
         settings = self._settings
-        first_byte = spec.timeouts.first_byte_s or settings.upstream_read_timeout_s
+        first_byte = spec.timeouts.first_byte_s or settings.upstream.read_timeout_s
         return Timeouts(
             first_byte_s=first_byte,
             client=aiohttp.ClientTimeout(
-                total=spec.timeouts.total_s or settings.upstream_total_timeout_s,
-                sock_connect=spec.timeouts.connect_s or settings.upstream_connect_timeout_s,
+                total=spec.timeouts.total_s or settings.upstream.total_timeout_s,
+                sock_connect=spec.timeouts.connect_s or settings.upstream.connect_timeout_s,
                 sock_read=first_byte,
             ),
         )
 
     def _open(self, replica: Replica) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self._settings.upstream_pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+            limit=self._settings.upstream.pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
         )
         replica.session = aiohttp.ClientSession(
             base_url=replica.url,
@@ -256,7 +256,7 @@ class UpstreamPool:
 
     def _longest_exchange_s(self, replica: Replica) -> float:
         totals = [self._timeouts[model][1].client.total for model in replica.models if model in self._timeouts]
-        return max([self._settings.upstream_total_timeout_s, *(t for t in totals if t)]) + self.retry.budget_s
+        return max([self._settings.upstream.total_timeout_s, *(t for t in totals if t)]) + self.retry.budget_s
 
     async def _drain(self, replica: Replica, limit_s: float) -> None:
         """Close a removed replica's session once its requests in flight have finished (or could no longer run)."""

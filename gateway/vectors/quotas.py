@@ -34,10 +34,10 @@ class StorageQuota:
         return cls(
             collections=principal.vector_quota_collections
             if principal.vector_quota_collections is not None
-            else (None if exempt else settings.vector_quota_collections),
+            else (None if exempt else settings.vector.quota_collections),
             documents=principal.vector_quota_documents
             if principal.vector_quota_documents is not None
-            else (None if exempt else settings.vector_quota_documents),
+            else (None if exempt else settings.vector.quota_documents),
         )
 
 

@@ -241,16 +241,16 @@ class VectorService:
         documents = request.documents
         if not documents:
             raise InvalidRequest("'documents' is empty.", param="documents")
-        if len(documents) > self.settings.vector_max_documents:
+        if len(documents) > self.settings.vector.max_documents:
             raise PayloadTooLarge(
                 f"'documents' has {len(documents)} items, above this server's limit of "
-                f"{self.settings.vector_max_documents} per request.",
+                f"{self.settings.vector.max_documents} per request.",
                 param="documents",
             )
         ids = [doc.id or uuid.uuid4().hex for doc in documents]
         if len(set(ids)) != len(ids):
             raise InvalidRequest("Two documents in one request have the same id.", param="documents")
-        limit = self.settings.vector_max_document_bytes
+        limit = self.settings.vector.max_document_bytes
         for index, doc in enumerate(documents):
             if doc.vector is not None:
                 self._check_dimensions(info, doc.vector, param=f"documents.{index}.vector")

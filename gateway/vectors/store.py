@@ -92,21 +92,21 @@ class QdrantStore:
     @classmethod
     def open(cls, settings: Settings) -> QdrantStore:
         """Connect lazily to a server, or open the embedded store; never raises for an unreachable Qdrant."""
-        timeout = math.ceil(settings.qdrant_timeout_s)
+        timeout = math.ceil(settings.qdrant.timeout_s)
         if settings.qdrant_url:
             api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
             # No compatibility check: it is a blocking request at start-up, minutes long when Qdrant is away.
             client = AsyncQdrantClient(
                 url=settings.qdrant_url, api_key=api_key, timeout=timeout, check_compatibility=False
             )
-            return cls(client, prefix=settings.qdrant_prefix, remote=True)
+            return cls(client, prefix=settings.qdrant.prefix, remote=True)
         if settings.workers > 1:
             log.error("vector search is off: the embedded Qdrant store is for one process; set QDRANT_URL")
             return cls(None, disabled_reason="Vector search needs QDRANT_URL when the gateway runs several workers.")
-        path = settings.qdrant_path
+        path = settings.qdrant.path
         try:
             path.mkdir(parents=True, exist_ok=True)
-            return cls(AsyncQdrantClient(path=str(path)), prefix=settings.qdrant_prefix)
+            return cls(AsyncQdrantClient(path=str(path)), prefix=settings.qdrant.prefix)
         except (RuntimeError, OSError) as exc:
             # The local mode locks its folder: another gateway process (a second worker) already holds it.
             log.error("vector search is off: cannot open the embedded Qdrant store at %s (%s)", path, exc)

@@ -57,7 +57,7 @@ async def vector_gateway(
             if settings.qdrant_url and not overrides.get("qdrant_url"):  # a real server: leave it as it was
                 qdrant = services_of(gateway.app).vectors.store.client
                 for found in (await qdrant.get_collections()).collections:
-                    if found.name.startswith(settings.qdrant_prefix):
+                    if found.name.startswith(settings.qdrant.prefix):
                         await qdrant.delete_collection(found.name)
 
 

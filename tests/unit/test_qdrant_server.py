@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import CollectionExists, InvalidRequest, NotFound, VectorStoreUnavailable
 from gateway.observability.metrics import QDRANT_FAILURES
-from gateway.errors import CollectionExists, VectorStoreUnavailable
 from gateway.vectors.store import QdrantStore
 from tests.conftest import make_settings
 from tests.support.ports import free_port

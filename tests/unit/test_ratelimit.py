@@ -19,6 +19,7 @@ from gateway.ratelimit import (
     rate_limit_headers,
     resolve_limits,
 )
+from gateway.settings import RateLimitSettings
 from tests.support.catalogs import chat_entry
 
 
@@ -140,11 +141,8 @@ def test_bad_limit_strings_fail_at_construction() -> None:
 
 
 def test_from_settings_reads_rate_limit_fields() -> None:
-    class FakeSettings:
-        rate_limit_requests_default = "9/minute"
-        rate_limit_model_requests = {"m": "1/second"}
-
-    config = LimitConfig.from_settings(FakeSettings())
+    settings = RateLimitSettings(requests_default="9/minute", model_requests={"m": "1/second"})
+    config = LimitConfig.from_settings(settings)
     assert config.requests_default == "9/minute"
     assert config.model_requests == {"m": "1/second"}
     assert config.tokens_default == LimitConfig().tokens_default
