@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.routing import Route
 
 from . import __version__
 from .api import admin, feedback, health, openai, reload, sessions, usage, vectors
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             await audit.close()
             if cache is not None:
                 await cache.drain()
+            await pipeline.close()  # the token settlements still queued
             if redis is not None:
                 await redis.aclose()
             await vectors.close()
@@ -200,6 +202,11 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     for router in (*ROUTERS, *observability):
         assert_every_route_guarded(router)
         app.include_router(router)
+    # The inference routes as plain Starlette routes, ahead of the routers: the hot path skips FastAPI's routing
+    # and dependency solving; the FastAPI routes of the same paths still document them in the OpenAPI schema.
+    fast_routes = openai.inference_routes()
+    assert_every_route_guarded(fast_routes)
+    app.router.routes[0:0] = fast_routes
     install_error_handlers(app)
     # The status page's HTML holds no data; /metrics and the page's data are public only when a setting says so.
     public_paths = PUBLIC_PATHS | {STATUS_PATH}
@@ -279,8 +286,12 @@ def _permissions(dependant: Dependant) -> list[str]:
     return found
 
 
-def assert_every_route_guarded(router: APIRouter) -> None:
-    """Deny by default: refuse to build an app with an API route that declares no permission."""
-    for route in router.routes:
-        if isinstance(route, APIRoute) and not _permissions(route.dependant):
-            raise RuntimeError(f"route {route.path} declares no permission (use require(...) or public)")
+def assert_every_route_guarded(router: APIRouter | Sequence[Route]) -> None:
+    """Deny by default: refuse to build an app with an API route that declares no permission (a FastAPI route
+    through its dependencies, a plain Starlette route through its endpoint's declared permission)."""
+    for route in router.routes if isinstance(router, APIRouter) else router:
+        if isinstance(route, APIRoute):
+            if not _permissions(route.dependant):
+                raise RuntimeError(f"route {route.path} declares no permission (use require(...) or public)")
+        elif isinstance(route, Route) and not hasattr(route.endpoint, PERMISSION_ATTR):
+            raise RuntimeError(f"route {route.path} declares no permission (set {PERMISSION_ATTR} on its endpoint)")

@@ -107,6 +107,8 @@ def _directives(headers: Mapping[str, str]) -> set[str]:
 
 
 def _deterministic(prepared: Prepared) -> bool:
+    if prepared.deterministic is not None:  # known from the request (InferenceService.prepare)
+        return prepared.deterministic
     if prepared.endpoint == "embeddings":
         return True
     try:

@@ -29,7 +29,7 @@ from .upstream.sse import relay_stream
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 
-_PATHS: dict[Endpoint, str] = {
+INFERENCE_PATHS: dict[Endpoint, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
@@ -68,6 +68,9 @@ class Prepared:
     new_messages: list[dict[str, Any]] = field(default_factory=list)
     # The most tokens the answer can cost (completion_budget), for the up-front charge of the token limit.
     completion_budget: int = 0
+    # Whether the answer is reproducible (embeddings, a seed, temperature 0): the cache may serve it. None: not
+    # known here (cache.decide() reads it from the payload then).
+    deterministic: bool | None = None
 
 
 def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> int:
@@ -82,6 +85,14 @@ def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint)
     prompt = data.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
     return int(per_choice) * int(choices) * prompts
+
+
+def _deterministic(data: dict[str, Any], endpoint: Endpoint) -> bool:
+    """The cache's test (cache.decide) on the dict the payload is made of, so the payload is not parsed again."""
+    if endpoint == "embeddings" or data.get("seed") is not None:
+        return True
+    temperature = data.get("temperature")
+    return temperature is not None and float(temperature) == 0.0
 
 
 def model_not_allowed(name: str) -> PermissionDenied:
@@ -104,7 +115,7 @@ class InferenceService:
         if not principal.may_use(name):
             raise model_not_allowed(name)
         if spec.kind != _KIND_FOR[endpoint]:
-            raise InvalidRequest(f"The model '{name}' does not support {_PATHS[endpoint]}.", param="model")
+            raise InvalidRequest(f"The model '{name}' does not support {INFERENCE_PATHS[endpoint]}.", param="model")
         return spec
 
     def parse(self, endpoint: Endpoint, body: bytes) -> Parsed:
@@ -147,6 +158,7 @@ class InferenceService:
             client_wants_usage=client_wants_usage,
             new_messages=new_messages,
             completion_budget=completion_budget(data, spec, endpoint),
+            deterministic=_deterministic(data, endpoint),
         )
 
     def _check_generation(self, data: dict[str, Any], spec: ModelSpec) -> None:
@@ -229,7 +241,7 @@ class InferenceService:
         spec = prepared.spec
         exchange = await self.pool.post(
             spec,
-            _PATHS[prepared.endpoint],
+            INFERENCE_PATHS[prepared.endpoint],
             prepared.payload,
             request_id=request_id,
             stream=prepared.stream,

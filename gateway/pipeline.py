@@ -23,6 +23,7 @@ from .conversations import Conversations, parse_session_id
 from .errors import PermissionDenied
 from .inference import Endpoint, InferenceService, Parsed, Prepared
 from .ratelimit import Decision, RateLimiter, estimate_tokens
+from .ratelimit.settle import SettleQueue
 from .redisconn import RedisPolicy
 from .vectors.retrieval import Retrieval, Retrieved
 
@@ -63,6 +64,13 @@ class Pipeline:
         self.limiter = limiter
         self.cache = cache
         self.policy = policy
+        # Token settlements are gathered and written together, not one Redis call per request.
+        self.settlements = SettleQueue(limiter, policy) if limiter is not None and policy is not None else None
+
+    async def close(self) -> None:
+        """Write the token settlements still queued (at shutdown, before Redis is closed)."""
+        if self.settlements is not None:
+            await self.settlements.drain()
 
     async def serve(
         self, *, endpoint: Endpoint, request: Request, principal: Principal, session: str | None
@@ -125,9 +133,9 @@ class Pipeline:
         job.ctx.cache_hit = True
         decision = job.decision
         hit = self._replay(cached, job.prepared, headers={**self._limit_headers(job), **cache_headers(hit=True)})
-        if decision is not None and decision.charged_tokens:
+        if decision is not None and decision.charged_tokens and self.settlements is not None:
             # A cached answer costs the model nothing: give the charged tokens back.
-            hit.background = BackgroundTasks([_task(self._settle, job.principal, decision, 0)])
+            self.settlements.add(job.principal, decision, 0)
         return hit
 
     async def forward(self, job: Job) -> Response:
@@ -142,15 +150,15 @@ class Pipeline:
 
     def after(self, job: Job, response: Response) -> Response:
         """Headers, and the work done once the answer has gone out: cache store, token settlement, session append."""
-        response.headers.update(self._limit_headers(job))
+        _add_headers(response, self._limit_headers(job))
         if job.caching is not CacheDecision.BYPASS:
-            response.headers.update(cache_headers(hit=False))
+            _add_headers(response, cache_headers(hit=False))
             if job.caching.write:
                 self._store_later(response, job.key)
         after: list[Callable[[], Any]] = []
         decision = job.decision
-        if decision is not None and decision.charged_tokens:
-            after.append(functools.partial(self._settle_used, job.principal, decision, job.ctx.usage))
+        if decision is not None and decision.charged_tokens and self.settlements is not None:
+            after.append(functools.partial(self._settle_used, self.settlements, job.principal, decision, job.ctx.usage))
         if job.session_id is not None and job.ctx.answer is not None:
             after.append(
                 self.conversations.remember(
@@ -237,22 +245,21 @@ class Pipeline:
         elif response.status_code == 200:
             cache.put_later(key, bytes(response.body), policy=policy)
 
-    async def _settle_used(self, principal: Principal, decision: Decision, usage: Usage) -> None:
-        """Correct the up-front token charge with what the model really used (after the answer)."""
+    @staticmethod
+    async def _settle_used(settlements: SettleQueue, principal: Principal, decision: Decision, usage: Usage) -> None:
+        """Correct the up-front token charge with what the model really used (once the answer is out: a stream's
+        usage comes at its end). Async, so Starlette runs it on the loop, not in a thread."""
         actual = usage.used
         if actual:  # no usage known (the request failed upstream): the charge stands
-            await self._settle(principal, decision, actual)
+            settlements.add(principal, decision, actual)
 
-    async def _settle(self, principal: Principal, decision: Decision, actual: int) -> None:
-        assert self.limiter is not None and self.policy is not None
-        limiter = self.limiter
-        await self.policy.call(
-            "limits",
-            lambda: limiter.settle(
-                principal=principal, charged=decision.charged_tokens, actual=actual, window=decision.tokens_window
-            ),
-            fallback=None,
-        )
+
+def _add_headers(response: Response, headers: dict[str, str]) -> None:
+    """Append headers the response cannot have yet (rate limits, cache status): MutableHeaders.update() scans and
+    rewrites the header list once per header."""
+    raw = response.raw_headers
+    for name, value in headers.items():
+        raw.append((name.lower().encode("latin-1"), value.encode("latin-1")))
 
 
 def _task(func: Callable[..., Any], *args: Any) -> BackgroundTask:

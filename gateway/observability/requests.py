@@ -68,6 +68,8 @@ class RequestObserver:
         self.log_payloads = log_payloads
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
+        # The per-model children of the other metrics, made on first use (an unused series stays absent).
+        self._by_model: dict[tuple[Any, str, str], Any] = {}
 
     def use_catalog(self, catalog: Catalog) -> None:
         """Take the catalogue's prices (a config reload); a removed model keeps its label and its last prices for
@@ -107,16 +109,16 @@ class RequestObserver:
         histogram.observe(latency_s)
         ttft_s = ctx.ttft_s()
         if ttft_s is not None:
-            m.TIME_TO_FIRST_TOKEN.labels(model=model).observe(ttft_s)
+            self._child(m.TIME_TO_FIRST_TOKEN, model).observe(ttft_s)
         prompt = ctx.usage.prompt_tokens or 0
         completion = ctx.usage.completion_tokens or 0
         cache_hit = ctx.cache_hit
         if prompt or completion:
             self._count_tokens(model, prompt, completion, cached=bool(cache_hit))
             if status == 200 and completion and not cache_hit and latency_s > 0:
-                m.TOKENS_PER_SECOND.labels(model=model).observe(completion / latency_s)
+                self._child(m.TOKENS_PER_SECOND, model).observe(completion / latency_s)
         if cache_hit is not None:  # set by the pipeline only for requests the cache was asked about
-            m.CACHE_REQUESTS.labels(model=model, result="hit" if cache_hit else "miss").inc()
+            self._child(m.CACHE_REQUESTS, model, "hit" if cache_hit else "miss").inc()
         if ctx.rate_limited_by is not None and status == 429:
             m.count_rate_limited(model, ctx.rate_limited_by)
         if log.isEnabledFor(logging.INFO):
@@ -124,13 +126,21 @@ class RequestObserver:
 
     def _count_tokens(self, model: str, prompt: int, completion: int, *, cached: bool) -> None:
         if prompt:
-            m.PROMPT_TOKENS.labels(model=model).inc(prompt)
+            self._child(m.PROMPT_TOKENS, model).inc(prompt)
         if completion:
-            m.COMPLETION_TOKENS.labels(model=model).inc(completion)
+            self._child(m.COMPLETION_TOKENS, model).inc(completion)
         price_prompt, price_completion = self.prices.get(model, (0.0, 0.0))
         cost = prompt * price_prompt + completion * price_completion
         if cost and not cached:  # a cached answer cost no model time
-            m.COST.labels(model=model).inc(cost)
+            self._child(m.COST, model).inc(cost)
+
+    def _child(self, metric: Any, model: str, other: str = "") -> Any:
+        """`metric.labels(model[, other])`, remembered: labels() takes a lock and builds its key on every call."""
+        key = (metric, model, other)
+        child = self._by_model.get(key)
+        if child is None:
+            child = self._by_model[key] = metric.labels(model, other) if other else metric.labels(model)
+        return child
 
     def _log(
         self,

@@ -28,7 +28,9 @@ the one that refused). "reset" is the time until the counter is back to its full
 come, as OpenAI defines it; with a sliding window that can be up to two windows.
 
 Tokens: `check()` charges the request's estimate (`estimate_tokens`) up front; `settle()` adds
-`actual - charged` to the same window's bucket afterwards (may be negative; never below zero).
+`actual - charged` to the same window's bucket afterwards (may be negative; never below zero). The gateway
+does not settle request by request: `settle.SettleQueue` sums the corrections of ~20 ms per counter and window
+and writes them in one EVALSHA per API key (`apply()`), so an uncached request makes one Redis round trip.
 
 Failures: Redis errors (ConnectionError, TimeoutError, ...) propagate from `check()` and `settle()`
 unchanged; the caller applies the fail-open/closed policy (gateway/redisconn.py).

@@ -60,6 +60,16 @@ class Decision:
         return RateLimited(message, headers=self.headers(), error_type=error_type)
 
 
+@dataclass(slots=True)
+class Settlement:
+    """A correction of one tokens counter's charge: `delta` (actual - charged) for the window that was charged."""
+
+    key: str  # the tokens counter (its name carries the key's hash tag)
+    period_ms: int
+    window: int  # the window index of the charge; -1: the current window when it is applied
+    delta: int
+
+
 def format_reset(seconds: float) -> str:
     """OpenAI's duration format: "0s", "1s", "1.5s", "6m0s", "1h2m3s"."""
     if seconds <= 0:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import defaultdict
+from collections.abc import Sequence
 
 from limits import RateLimitItem
 from redis.asyncio import Redis
 
 from ..auth import Principal
 from .config import LimitConfig, LimitPlan, resolve_control, resolve_limits
-from .decision import Decision, UsageCounters
+from .decision import Decision, Settlement, UsageCounters
 from .scripts import CHECK_LUA, SETTLE_LUA
 
 _ALLOWED = Decision(allowed=True)
@@ -131,14 +134,42 @@ class RateLimiter:
     async def settle(self, *, principal: Principal, charged: int, actual: int, window: int | None = None) -> None:
         """Add `actual - charged` to the tokens counter (pass `decision.tokens_window` as `window` so the
         correction lands in the bucket that was charged). Off the critical path; Redis errors propagate."""
+        found = self.settlement(principal=principal, charged=charged, actual=actual, window=window)
+        if found is not None:
+            await self.apply([found])
+
+    def settlement(
+        self, *, principal: Principal, charged: int, actual: int, window: int | None = None
+    ) -> Settlement | None:
+        """The correction settle() would write, to send later with others (SettleQueue); None when there is none."""
         delta = actual - charged
         if delta == 0:
-            return
+            return None
         plan, names = self._plan(principal, None)
         if plan.tokens is None:
-            return
+            return None
         period_ms = plan.tokens.get_expiry() * 1000
-        await self._settle(keys=[names[2]], args=[period_ms, delta, -1 if window is None else window])
+        return Settlement(key=names[2], period_ms=period_ms, window=-1 if window is None else window, delta=delta)
+
+    async def apply(self, settlements: Sequence[Settlement]) -> int:
+        """Write corrections: one EVALSHA per API key (its counters share a hash tag, so a Redis Cluster slot), the
+        keys' calls concurrent. Returns how many were written; Redis errors propagate."""
+        by_tag: dict[str, list[Settlement]] = defaultdict(list)
+        for settlement in settlements:
+            by_tag[_hash_tag(settlement.key)].append(settlement)
+        calls = [
+            self._settle(keys=[s.key for s in group], args=[v for s in group for v in (s.period_ms, s.delta, s.window)])
+            for group in by_tag.values()
+        ]
+        written = await asyncio.gather(*calls)
+        return sum(int(n) for n in written)
+
+
+def _hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: the first `{...}` with something inside, else the whole key."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else key
 
 
 def _tighter(

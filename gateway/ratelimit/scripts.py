@@ -74,35 +74,45 @@ end
 return table.concat(out, ',')
 """
 
-# KEYS[1]: the tokens counter. ARGV: window_ms, delta, window index of the charge (-1: the current one).
+# KEYS: n tokens counters (one key's, so one hash tag: a Redis Cluster slot; a counter may repeat, once per window
+# charged). ARGV: window_ms, delta, window index of the charge (-1: the current one), for each key in turn.
+# Returns how many corrections were written.
 SETTLE_LUA = """
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local period = tonumber(ARGV[1])
-local delta = tonumber(ARGV[2])
-local charged = tonumber(ARGV[3])
-local win = math.floor(now / period)
-if charged < 0 then charged = win end
-local h = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-if not h[1] and delta <= 0 then return 0 end
-local w = tonumber(h[1]) or win
-local c = tonumber(h[2]) or 0
-local p = tonumber(h[3]) or 0
-if w ~= win then
-  if w == win - 1 then p = c else p = 0 end
-  c = 0
+local written = 0
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[3 * i - 2])
+  local delta = tonumber(ARGV[3 * i - 1])
+  local charged = tonumber(ARGV[3 * i])
+  local win = math.floor(now / period)
+  if charged < 0 then charged = win end
+  local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
+  if h[1] or delta > 0 then
+    local w = tonumber(h[1]) or win
+    local c = tonumber(h[2]) or 0
+    local p = tonumber(h[3]) or 0
+    if w ~= win then
+      if w == win - 1 then p = c else p = 0 end
+      c = 0
+    end
+    local apply = true
+    if charged == win then
+      c = math.max(0, c + delta)
+    elseif charged == win - 1 then
+      p = math.max(0, p + delta)
+    elseif delta > 0 then
+      c = c + delta
+    else
+      apply = false
+    end
+    if apply then
+      redis.call('HSET', KEYS[i], 'w', win, 'c', c, 'p', p)
+      redis.call('PEXPIREAT', KEYS[i], (win + 2) * period)
+      written = written + 1
+    end
+  end
 end
-if charged == win then
-  c = math.max(0, c + delta)
-elseif charged == win - 1 then
-  p = math.max(0, p + delta)
-elseif delta > 0 then
-  c = c + delta
-else
-  return 0
-end
-redis.call('HSET', KEYS[1], 'w', win, 'c', c, 'p', p)
-redis.call('PEXPIREAT', KEYS[1], (win + 2) * period)
-return 1
+return written
 """

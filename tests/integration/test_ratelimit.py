@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 
 from gateway.auth import Principal, Role
 from gateway.ratelimit import LimitConfig, RateLimiter
+from gateway.ratelimit.settle import SettleQueue
+from gateway.redisconn import RedisPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -250,3 +252,37 @@ async def test_script_reloads_after_redis_restart(redis_client: Redis, redis_ser
     assert (await rl.check(principal=caller, model=None, estimated_tokens=1)).allowed
     await redis_client.script_flush()
     assert (await rl.check(principal=caller, model=None, estimated_tokens=1)).allowed
+
+
+async def test_settlements_are_summed_and_written_together(redis_client: Redis) -> None:
+    """SettleQueue: the corrections of many answers, for several keys, in one write per key, none lost."""
+    rl = limiter(redis_client, role_requests={"user": "100/minute"}, tokens_default="1000/minute")
+    queue = SettleQueue(rl, RedisPolicy(), delay_s=0.01)
+    callers = [principal(), principal()]
+    charged = [(c, await rl.check(principal=c, model="phi3", estimated_tokens=200)) for c in callers for _ in range(4)]
+    for caller, decision in charged:
+        queue.add(caller, decision, 50)  # each answer used 50 of its 200
+    assert queue.pending == 2  # one correction per counter and window: -600 for each key
+    await asyncio.sleep(0.2)
+    assert queue.pending == 0 and queue.lost == 0
+    for caller in callers:
+        after = await rl.check(principal=caller, model="phi3", estimated_tokens=1)
+        assert after.headers()["x-ratelimit-remaining-tokens"] == str(1000 - 4 * 50 - 1)
+
+
+async def test_drain_writes_what_is_queued_and_a_failed_write_is_counted(redis_client: Redis) -> None:
+    rl = limiter(redis_client, role_requests={"user": "100/minute"}, tokens_default="1000/minute")
+    caller = principal()
+    queue = SettleQueue(rl, RedisPolicy(), delay_s=60)
+    decision = await rl.check(principal=caller, model="phi3", estimated_tokens=500)
+    queue.add(caller, decision, 100)
+    await queue.drain()  # at shutdown: written now, not after the delay
+    after = await rl.check(principal=caller, model="phi3", estimated_tokens=1)
+    assert after.headers()["x-ratelimit-remaining-tokens"] == str(1000 - 100 - 1)
+
+    down = Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+    broken = SettleQueue(limiter(down, tokens_default="1000/minute"), RedisPolicy(), delay_s=60)
+    broken.add(caller, decision, 100)
+    await broken.drain()
+    assert broken.lost == 1 and broken.pending == 0
+    await down.aclose()

@@ -191,3 +191,17 @@ def test_missing_admin_key_fails_fast(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("CITADEL_ADMIN_KEY", raising=False)
     with pytest.raises(ValidationError, match="admin_key"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_plain_route_without_a_declared_permission_cannot_be_built() -> None:
+    """The inference routes are plain Starlette routes (the hot path): deny by default holds for them too."""
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from gateway.app import assert_every_route_guarded
+
+    async def forgotten(request: object) -> Response:
+        return Response()
+
+    with pytest.raises(RuntimeError, match="/forgotten declares no permission"):
+        assert_every_route_guarded([Route("/forgotten", forgotten, methods=["POST"])])

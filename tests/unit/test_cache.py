@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -240,3 +241,16 @@ def test_the_models_default_temperature_is_not_deterministic(service: Any) -> No
     assert decide(service.prepare(service.parse("chat", body), principal=KEY_A), {}) is BYPASS
     zero = b'{"model":"phi3","messages":[{"role":"user","content":"hi"}],"temperature":0}'
     assert decide(service.prepare(service.parse("chat", zero), principal=KEY_A), {}) is USE
+
+
+@pytest.mark.parametrize(
+    "fields",
+    ['"temperature":0', '"temperature":0.0', '"temperature":0.7', '"seed":3,"temperature":1', '"seed":null', ""],
+)
+def test_prepare_knows_what_the_payload_says_about_determinism(service: Any, fields: str) -> None:
+    """prepare() notes it (the hot path does not parse the payload again); the same answer as the payload's."""
+    extra = f",{fields}" if fields else ""
+    body = ('{"model":"phi3","messages":[{"role":"user","content":"hi"}]' + extra + "}").encode()
+    known = service.prepare(service.parse("chat", body), principal=KEY_A)
+    assert known.deterministic is not None
+    assert decide(known, {}) is decide(dataclasses.replace(known, deterministic=None), {})

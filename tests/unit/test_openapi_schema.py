@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 
+from gateway.api import openai
+from gateway.api.openai import InferenceRoute
 from gateway.app import create_app
+from gateway.auth import PERMISSION_ATTR, Permission
 from tests.conftest import make_settings
 from tests.support.catalogs import chat_entry, write_models_file
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 # Routes that stay out of the schema (docs/api.md, "The OpenAPI schema").
 OUTSIDE = {"/metrics", "/status", "/status/data", "/openapi.json"}
+INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 # POST routes that take no body.
 NO_BODY = {"/admin/reload"}
 
@@ -83,10 +88,20 @@ def test_the_schema_refers_only_to_what_it_defines(schema: dict[str, Any]) -> No
     assert not OUTSIDE & set(schema["paths"])
 
 
-def test_the_inference_routes_return_the_upstream_bytes_unvalidated(tmp_path: Path) -> None:
+def test_the_inference_routes_return_the_upstream_bytes_unvalidated() -> None:
     """The hot path: no response model to validate or serialize (the shape is documented only)."""
+    documented = [route for route in openai.router.routes if isinstance(route, APIRoute) and route.path in INFERENCE]
+    assert len(documented) == 3
+    for route in documented:
+        assert route.response_model is None
+
+
+def test_the_inference_routes_are_served_by_plain_routes_ahead_of_fastapis(tmp_path: Path) -> None:
+    """The hot path skips FastAPI's dependency solving: plain Starlette routes, guarded, matched first."""
     models = write_models_file(tmp_path / "models.yaml", {"m": chat_entry("http://x")})
     app = create_app(make_settings(models))
-    for route in app.routes:
-        if getattr(route, "path", "") in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-            assert route.response_model is None  # type: ignore[attr-defined]
+    first = app.router.routes[:3]
+    assert [type(route) for route in first] == [InferenceRoute] * 3
+    assert {route.path for route in first} == set(INFERENCE)  # type: ignore[attr-defined]
+    for route in first:
+        assert getattr(route.endpoint, PERMISSION_ATTR) == Permission.INFERENCE  # type: ignore[attr-defined]
