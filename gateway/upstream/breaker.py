@@ -41,6 +41,7 @@ class CircuitBreaker:
         self._cooldown = cooldown_s
         self._opened_at = 0.0
         self._trial_in_flight = False
+        self.successes = 0  # requests it answered, ever
 
     @property
     def state(self) -> BreakerState:
@@ -71,6 +72,7 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
     def record_success(self) -> None:
+        self.successes += 1  # the prober reads it: a replica that answers requests is busy, not dead
         self._failures = 0
         self._trial_in_flight = False
         self._cooldown = self._base_cooldown

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 _WAITING = "vllm:num_requests_waiting"
 _RUNNING = "vllm:num_requests_running"
 _KV_USAGE = "vllm:kv_cache_usage_perc"
+# Timed-out health probes in a row, with no request to the replica succeeding meanwhile, that take it out.
+SILENT_PROBES_BEFORE_OUT = 3
+_TIMED_OUT = "health probe timed out"
 
 
 def parse_load(text: str) -> LoadReport | None:
@@ -70,9 +73,12 @@ class HealthProber:
                 healthy = response.status == 200
                 error = None if healthy else f"health answered {response.status}"
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            healthy, error = False, "health probe timed out"
+            healthy, error = self._timed_out(replica)
         except (aiohttp.ClientError, OSError) as exc:
             healthy, error = False, f"health probe failed: {type(exc).__name__}"
+        if error != _TIMED_OUT:
+            replica.silent_probes = 0
+        replica.successes_at_probe = replica.breaker.successes
         replica.last_probe_ms = round((time.perf_counter() - started) * 1000, 2)
         if healthy != replica.healthy:
             models = ",".join(replica.models)
@@ -81,9 +87,21 @@ class HealthProber:
             else:
                 log.warning("replica %s of %s is out of rotation: %s", replica.label, models, error)
         replica.mark(healthy=healthy, error=error)
-        if healthy:
+        if healthy and error is None:  # after a timed-out probe, /metrics would only time out as well
             await self._read_load(replica)
         replica.publish()  # the breaker's state moves with time (open -> half-open): keep the gauges current
+
+    @staticmethod
+    def _timed_out(replica: Replica) -> tuple[bool, str]:
+        """A slow probe is not a dead server: a CPU model server busy with requests may answer /health late. It
+        leaves rotation only after SILENT_PROBES_BEFORE_OUT timeouts in a row during which no request to it
+        succeeded either; a replica already out stays out until a probe answers."""
+        if replica.breaker.successes != replica.successes_at_probe:
+            replica.silent_probes = 0  # it answered requests since the last probe: busy
+        else:
+            replica.silent_probes += 1
+        healthy = replica.healthy and replica.silent_probes < SILENT_PROBES_BEFORE_OUT
+        return healthy, _TIMED_OUT
 
     async def _read_load(self, replica: Replica) -> None:
         assert replica.session is not None

@@ -43,6 +43,10 @@ class Replica:
     load: LoadReport = field(default_factory=LoadReport)
     last_probe_error: str | None = None
     last_probe_ms: float | None = None
+    # Health probes in a row that timed out while no request to it succeeded either (the prober's evidence of a
+    # hung server), and the breaker's success count at the last probe.
+    silent_probes: int = 0
+    successes_at_probe: int = 0
 
     @property
     def label(self) -> str:
