@@ -32,6 +32,7 @@ import aiohttp
 from bench.stats import END_TO_END_GOALS, judge, percentiles, span_text, verdict_line
 from tests.support import processes
 from tests.support.ports import free_port
+from tests.support.supervised_stack import stack_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "citadel-bench-e2e"  # its own demo model, database and logs, kept between runs
@@ -50,18 +51,10 @@ def payload(model: str) -> dict[str, Any]:
 
 
 def start_stack(stack: ExitStack) -> dict[str, int]:
-    ports = {name: free_port() for name in ("chat", "embed", "postgres", "redis", "gateway")}
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
-        "CITADEL_ADMIN_KEY": KEY,
-        "CITADEL_PROFILE": "local",
-        "CITADEL_DEMO_CHAT_PORT": str(ports["chat"]),
-        "CITADEL_EMBED_PORT": str(ports["embed"]),
-        "CITADEL_POSTGRES_PORT": str(ports["postgres"]),
-        "CITADEL_REDIS_PORT": str(ports["redis"]),
-        "CITADEL_CACHE_DIR": str(CACHE),
+    ports = {name: free_port() for name in ("demo-chat", "embed", "postgres", "redis", "gateway")}
+    env = stack_environment(ports, cache=CACHE, admin_key=KEY) | {
         "CITADEL_RATE_LIMIT_ROLE_REQUESTS": '{"admin": "2000000000/minute"}',
         "CITADEL_RATE_LIMIT_ROLE_TOKENS": '{"admin": "2000000000/minute"}',
-        "PYTHONUNBUFFERED": "1",
     }
     CACHE.mkdir(parents=True, exist_ok=True)
     log = CACHE / "stack.log"
@@ -125,7 +118,7 @@ async def measure(ports: dict[str, int], args: argparse.Namespace) -> dict[str, 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency + 2)) as session:
         async with session.get(f"http://127.0.0.1:{ports['chat']}/v1/models") as response:
             upstream_model = (await response.json())["data"][0]["id"]
-        targets = [Target("direct", ports["chat"], upstream_model), Target("gateway", ports["gateway"], MODEL)]
+        targets = [Target("direct", ports["demo-chat"], upstream_model), Target("gateway", ports["gateway"], MODEL)]
         progress(f"warm-up; direct asks vLLM for {upstream_model!r}, the gateway for {MODEL!r}")
         for _ in range(5):
             for target in targets:

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import free_port
 from tests.support import logscan, processes
 from tests.support.catalogs import ADMIN_KEY
+from tests.support.supervised_stack import stack_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,31 +33,13 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ports = {
-        "CITADEL_DEMO_CHAT_PORT": free_port(),
-        "CITADEL_EMBED_PORT": free_port(),
-        "CITADEL_POSTGRES_PORT": free_port(),
-        "CITADEL_REDIS_PORT": free_port(),
-        "gateway": free_port(),
-    }
+    ports = {name: free_port() for name in ("gateway", "demo-chat", "embed", "postgres", "redis")}
     workdir = tmp_path_factory.mktemp("e2e")
+    # Its own PostgreSQL data, demo model and logs: a `make run` stack may be up beside it.
+    # Not under pytest's temporary folder: run as root, PostgreSQL's own user must traverse its parents, and
+    # any other pytest session that starts takes that access away from /tmp/pytest-of-root.
     cache = Path(tempfile.mkdtemp(prefix="citadel-e2e-cache-"))
-    env = {
-        **os.environ,
-        "CITADEL_ADMIN_KEY": ADMIN_KEY,
-        "CITADEL_PROFILE": "local",
-        "CITADEL_DEMO_CHAT_PORT": str(ports["CITADEL_DEMO_CHAT_PORT"]),
-        "CITADEL_EMBED_PORT": str(ports["CITADEL_EMBED_PORT"]),
-        "CITADEL_POSTGRES_PORT": str(ports["CITADEL_POSTGRES_PORT"]),
-        "CITADEL_REDIS_PORT": str(ports["CITADEL_REDIS_PORT"]),
-        # Its own PostgreSQL data, demo model and logs: a `make run` stack may be up beside it.
-        # Not under pytest's temporary folder: run as root, PostgreSQL's own user must traverse its parents, and
-        # any other pytest session that starts takes that access away from /tmp/pytest-of-root.
-        "CITADEL_CACHE_DIR": str(cache),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
+    env = stack_environment(ports, cache=cache, admin_key=ADMIN_KEY)
     log = workdir / "stack.log"
     url = f"http://127.0.0.1:{ports['gateway']}"
     runner = processes.start(

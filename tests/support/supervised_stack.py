@@ -55,17 +55,12 @@ class SupervisedStack:
         return processes.answers(f"http://127.0.0.1:{self.ports[name]}/health", timeout_s=5)
 
 
-@contextmanager
-def supervised_stack(log: Path) -> Iterator[SupervisedStack]:
-    """The stack as `make run` starts it, on free ports and with data of its own; killed (SIGKILL) at the end
-    unless the caller stopped it already."""
-    # The stack's data outside pytest's folder: run as root, PostgreSQL's user must traverse its parents, and
-    # every pytest session that starts meanwhile takes that access away from pytest-of-root.
-    cache = Path(tempfile.mkdtemp(prefix="citadel-supervised-"))
-    ports = {name: free_port() for name in ("gateway", "demo-chat", "embed", "postgres", "redis")}
-    env = {
-        **os.environ,
-        "CITADEL_ADMIN_KEY": ADMIN_KEY,
+def stack_environment(ports: Mapping[str, int], *, cache: Path, admin_key: str) -> dict[str, str]:
+    """The environment of a `services.stack` runner on ports of its own (keys demo-chat, embed, postgres, redis)
+    with its data under `cache`: this process's environment without its database and Redis addresses."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    return env | {
+        "CITADEL_ADMIN_KEY": admin_key,
         "CITADEL_PROFILE": "local",
         "CITADEL_DEMO_CHAT_PORT": str(ports["demo-chat"]),
         "CITADEL_EMBED_PORT": str(ports["embed"]),
@@ -74,8 +69,17 @@ def supervised_stack(log: Path) -> Iterator[SupervisedStack]:
         "CITADEL_CACHE_DIR": str(cache),
         "PYTHONUNBUFFERED": "1",
     }
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
+
+
+@contextmanager
+def supervised_stack(log: Path) -> Iterator[SupervisedStack]:
+    """The stack as `make run` starts it, on free ports and with data of its own; killed (SIGKILL) at the end
+    unless the caller stopped it already."""
+    # The stack's data outside pytest's folder: run as root, PostgreSQL's user must traverse its parents, and
+    # every pytest session that starts meanwhile takes that access away from pytest-of-root.
+    cache = Path(tempfile.mkdtemp(prefix="citadel-supervised-"))
+    ports = {name: free_port() for name in ("gateway", "demo-chat", "embed", "postgres", "redis")}
+    env = stack_environment(ports, cache=cache, admin_key=ADMIN_KEY)
     url = f"http://127.0.0.1:{ports['gateway']}"
     runner = processes.start(
         [sys.executable, "-m", "services.stack", "--gateway-port", str(ports["gateway"])],
