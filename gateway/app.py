@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
 from . import __version__
+from .admission import Admission
 from .api import admin, feedback, health, openai, reload, sessions, usage, vectors
 from .api.openapi_schema import install_openapi
 from .api.status import STATUS_DATA_PATH, STATUS_PATH, status_router
@@ -101,7 +103,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             cache = ResponseCache(redis, ttl_s=settings.cache.ttl_s, max_entry_bytes=settings.cache.max_entry_bytes)
         limit_config = LimitConfig.from_settings(settings.rate_limit)
         limit_config.validate()
-        inference = InferenceService(settings=settings, catalog=catalog, pool=pool)
+        # The queue in front of each model's servers (capacity per replica, fair across keys, priority classes).
+        admission = Admission(settings=settings.admission, workers=settings.workers, pool=pool)
+        inference = InferenceService(settings=settings, catalog=catalog, pool=pool, admission=admission)
         conversations = Conversations(db_sessions)
         # Qdrant: a server at QDRANT_URL or the embedded store; an unreachable one only fails vector requests.
         vectors = VectorService.start(settings=settings, inference=inference)
@@ -112,10 +116,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             cache=cache,
             policy=policy,
             retrieval=Retrieval(vectors),
+            admission=admission,
         )
         readiness = _readiness(
             settings, catalog, pool, db_sessions=db_sessions, redis=redis, vectors=vectors, audit=audit
         )
+        readiness.admission_of = lambda name: _gate_state(admission, inference, name)
         services = Services(
             settings=settings,
             inference=inference,
@@ -219,6 +225,14 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
     app.add_middleware(RequestLayer, unaudited=UNAUDITED_PATHS, observer=observer, http=HttpMetrics())
     return app
+
+
+def _gate_state(admission: Admission, inference: InferenceService, model: str) -> dict[str, Any] | None:
+    """A model's admission gate for readiness (the catalogue in force: a reload may have changed it)."""
+    spec = inference.catalog.get(model)
+    if spec is None or not admission.settings.enabled:
+        return None
+    return admission.describe(spec)
 
 
 def _readiness(

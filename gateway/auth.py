@@ -16,6 +16,7 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
+from .admission.priority import Priority
 from .context import context_of
 from .errors import AuthenticationFailed, PermissionDenied
 from .services import services_of
@@ -53,6 +54,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.MODELS_READ, Permission.USAGE_READ, Permission.VECTORS_READ}),
 }
 
+# A key's share in the admission queue's fair ordering when it sets no `queue_weight` of its own. Equal on
+# purpose: fairness is between keys, not roles. An admin key is as often a script's (an evaluation, a
+# backfill) as a person's, so weighing admins more would let one such key crowd out every user; viewers
+# cannot call models, so theirs never counts. A key that deserves more gets its own `queue_weight`.
+ROLE_QUEUE_WEIGHTS: dict[Role, float] = {Role.ADMIN: 1.0, Role.USER: 1.0, Role.VIEWER: 1.0}
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -68,6 +75,8 @@ class Principal:
     vector_quota_collections: int | None = None  # None: the settings' quota (admins: unlimited)
     vector_quota_documents: int | None = None
     expires_at: datetime | None = None
+    priority: Priority = Priority.INTERACTIVE  # the highest class its requests may run in
+    queue_weight: float | None = None  # None: the role's (ROLE_QUEUE_WEIGHTS)
 
     def can(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -75,6 +84,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    @property
+    def weight(self) -> float:
+        """The key's share in the admission queue: served twice as often as a weight-1 key when both wait."""
+        return self.queue_weight if self.queue_weight is not None else ROLE_QUEUE_WEIGHTS[self.role]
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models

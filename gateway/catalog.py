@@ -104,6 +104,9 @@ class ModelSpec(BaseModel):
     # than "none"), and the chat template that shows the model its tools (a file; default: the weights' own).
     tool_call_parser: ToolCallParser | None = None
     chat_template: str | None = None
+    # Admission (gateway/admission): requests at once per replica of this model; None: the gateway's
+    # CITADEL_ADMISSION_CONCURRENCY. A CPU server serves a handful well; more only queue inside vLLM.
+    max_concurrency: int | None = Field(None, ge=1)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -150,17 +153,75 @@ class ServerSpec(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+# An alias is a public name like a model's; no '/' so that GET /v1/models/{alias} reaches it.
+ALIAS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+class AliasSpec(BaseModel):
+    """A public name that stands for an ordered list of models of one kind (the first that can serve, serves)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    targets: tuple[str, ...] = Field(min_length=1)
+    kind: Literal["chat", "embedding"]
+
+
 class Catalog(BaseModel):
-    """Every model the gateway serves, and the vLLM servers that serve them."""
+    """Every model the gateway serves, the aliases that stand for them, and the vLLM servers that serve them."""
 
     model_config = ConfigDict(frozen=True)
 
     models: dict[str, ModelSpec]
     servers: list[ServerSpec]
     profile: str | None = None
+    aliases: dict[str, AliasSpec] = {}
 
     def get(self, name: str) -> ModelSpec | None:
         return self.models.get(name)
+
+    def alias(self, name: str) -> AliasSpec | None:
+        return self.aliases.get(name)
+
+
+def _parse_alias(name: Any, targets: Any, models: dict[str, ModelSpec]) -> AliasSpec:
+    """One `aliases:` entry, checked against the models (after any profile: targets are the models' names)."""
+    if not isinstance(name, str) or not ALIAS_NAME.match(name):
+        raise ConfigError(
+            f"alias name {name!r} is not valid: 1 to 64 of letters, digits, '.', '_', ':', '-' (not first)"
+        )
+    if name in models:
+        raise ConfigError(f"alias {name!r} is also a model name: an alias needs a name of its own")
+    if not isinstance(targets, list) or not all(isinstance(target, str) for target in targets):
+        raise ConfigError(f"alias {name!r} must be a list of model names, e.g. {name}: [phi3, openchat]")
+    if not targets:
+        raise ConfigError(f"alias {name!r} has no targets: list at least one model")
+    seen: set[str] = set()
+    for target in targets:
+        if target in seen:
+            raise ConfigError(f"alias {name!r} names model {target!r} twice")
+        seen.add(target)
+        if target not in models:
+            raise ConfigError(f"alias {name!r} names unknown model {target!r} (targets are models, not aliases)")
+    specs = [models[target] for target in targets]
+    kinds = {spec.kind for spec in specs}
+    if len(kinds) > 1:
+        shown = ", ".join(f"{spec.name}: {spec.kind}" for spec in specs)
+        raise ConfigError(f"alias {name!r} mixes chat and embedding models ({shown}): its targets share one kind")
+    # A fallback must not change the vectors' size under a client (or a vector collection) that stored them.
+    if len({spec.dimensions for spec in specs}) > 1:
+        shown = ", ".join(f"{spec.name}: {spec.dimensions}" for spec in specs)
+        raise ConfigError(f"alias {name!r} names embedding models of different dimensions ({shown})")
+    return AliasSpec(name=name, targets=tuple(targets), kind=specs[0].kind)
+
+
+def _parse_aliases(raw: Any, models: dict[str, ModelSpec]) -> dict[str, AliasSpec]:
+    """The optional top-level `aliases:` mapping: alias name -> ordered list of model names."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("'aliases' must be a mapping of alias name to a list of model names")
+    return {str(name): _parse_alias(name, targets, models) for name, targets in raw.items()}
 
 
 def _default_servers(models: dict[str, ModelSpec]) -> list[ServerSpec]:
@@ -240,12 +301,15 @@ def load_catalog(path: Path, *, profile: str | None = None, env: dict[str, str] 
     try:
         models = {name: ModelSpec(name=name, **fields) for name, fields in raw["models"].items()}
         if not profile:
-            return Catalog(models=models, servers=_default_servers(models))
+            aliases = _parse_aliases(raw.get("aliases"), models)
+            return Catalog(models=models, servers=_default_servers(models), aliases=aliases)
         profiles = raw.get("profiles") or {}
         if profile not in profiles:
             raise ConfigError(f"profile {profile!r} is not in {path} (known: {', '.join(profiles) or 'none'})")
         models, servers = _apply_profile(models, profiles[profile])
-        return Catalog(models=models, servers=servers, profile=profile)
+        # A profile rewires how models are served, never their names: the aliases are checked against the result.
+        aliases = _parse_aliases(raw.get("aliases"), models)
+        return Catalog(models=models, servers=servers, profile=profile, aliases=aliases)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -1,5 +1,5 @@
 """The `citadel` command: run the gateway (`serve`), migrate its database (`migrate`, `downgrade`), and
-manage API keys (`keys create|list|revoke`), apply config/models.yaml to a running gateway (`reload`:
+manage API keys (`keys create|list|update|revoke`), apply config/models.yaml to a running gateway (`reload`:
 gateway/reload_cli.py), back up and restore the database and vectors (`backup`, `restore`: gateway/backup/cli.py),
 and check a host or a running gateway (`doctor`: gateway/doctor/)."""
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Scope
 
 if TYPE_CHECKING:  # auth reads the context: a run-time import would be circular
+    from .admission.gate import Ticket
     from .auth import Principal
 
 # The scope key of the request's context (its own key: Starlette's `scope["state"]` dict is not used).
@@ -87,6 +88,11 @@ class RequestContext:
     answer: Answer | None = None  # gathered only for conversation sessions
     error_type: str | None = None
     rate_limited_by: str | None = None  # which limit refused (a 429)
+    priority: str | None = None  # the admission class it ran in (inference requests)
+    queue_wait_s: float | None = None  # how long it waited at the gateway for a model server slot
+    # Its admission slot: released when the answer is over (the pipeline; the request layer once more at the very
+    # end, for an answer whose client left before it started).
+    ticket: Ticket | None = None
 
     def ttft_s(self) -> float | None:
         """Time to the first byte of a stream; None for other answers."""

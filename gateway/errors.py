@@ -12,12 +12,17 @@
     +-- PermissionDenied          403     permission_error        (code permission_denied)
     |   +-- QuotaExceeded         403     insufficient_quota      (a key's vector storage quota)
     +-- RateLimited               429     requests|tokens         (code rate_limit_exceeded, Retry-After)
+    |   +-- QueueShareExceeded    429     requests                (code queue_share_exceeded: a key's share
+    |                                                               of a model's admission queue, Retry-After)
+    +-- ClientClosedRequest       499     client_closed           (the client hung up while its request waited)
     +-- DatabaseUnavailable       503     service_unavailable     (PostgreSQL unreachable or not configured)
     +-- RedisUnavailable          503     service_unavailable     (a route group failing closed, Retry-After)
     +-- VectorStoreUnavailable    503     service_unavailable     (Qdrant unreachable or not usable here)
     +-- UpstreamError             502     upstream_error          (the model server broke the exchange)
         +-- UpstreamStatus        4xx|5xx invalid_request_error|upstream_error  (its own status, message sanitised)
         +-- UpstreamUnavailable   503     service_unavailable     (refused, unreachable)
+        |   +-- ModelSaturated    503     service_unavailable     (code model_saturated: the admission queue
+        |                                                           is full or the wait too long, Retry-After)
         +-- UpstreamTimeout       504     timeout
 
 Library errors are translated at the boundary to the most specific class, one table per backend in
@@ -142,6 +147,15 @@ class UpstreamUnavailable(UpstreamError):
     default_code = "model_unavailable"
 
 
+class ModelSaturated(UpstreamUnavailable):
+    """The model is busy, not broken: its admission queue is full, or a request waited its longest."""
+
+    default_code = "model_saturated"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, param="model", headers={"Retry-After": str(retry_after_s)})
+
+
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "timeout"
@@ -167,6 +181,24 @@ class RateLimited(APIError):
     def __init__(self, message: str, *, headers: dict[str, str], error_type: str = "requests") -> None:
         super().__init__(message, headers=headers)
         self.error_type = error_type
+
+
+class QueueShareExceeded(RateLimited):
+    """A key already has as many requests waiting for a model as one key may (CITADEL_ADMISSION_KEY_QUEUE_MAX)."""
+
+    default_code = "queue_share_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ClientClosedRequest(APIError):
+    """The client hung up while its request waited at the gateway (nginx's 499: nobody reads the answer; the
+    status is for the audit row and the metrics)."""
+
+    status_code = 499
+    error_type = "client_closed"
+    default_code = "client_closed_request"
 
 
 class DatabaseUnavailable(APIError):

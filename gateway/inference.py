@@ -6,17 +6,21 @@ lives here, so a later concern (limits, cache, audit) has one obvious place to p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+from .admission import Admission
+from .admission.priority import Priority
+from .aliases import AliasChoice, alias_allowed, choose_target, fits_context, target_allowed
 from .auth import Principal
-from .catalog import Catalog, ModelSpec
+from .catalog import AliasSpec, Catalog, ModelSpec
 from .context import Answer, RequestContext, Usage
 from .conversations import DEFAULT_ANSWER_TOKENS, trim_history
-from .errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
+from .errors import InvalidRequest, ModelNotFound, ModelSaturated, PermissionDenied, UpstreamError
 from .observability.health_metrics import count_upstream_error
 from .protocol.chat import ChatCompletionRequest
 from .protocol.common import encode_for_upstream, parse_request
@@ -71,6 +75,8 @@ class Prepared:
     # Whether the answer is reproducible (embeddings, a seed, temperature 0): the cache may serve it. None: not
     # known here (cache.decide() reads it from the payload then).
     deterministic: bool | None = None
+    # A request to an alias: the target picked and the targets passed over (None: a model was asked by name).
+    alias: AliasChoice | None = None
 
 
 def completion_budget(data: dict[str, Any], spec: ModelSpec, endpoint: Endpoint) -> int:
@@ -102,10 +108,13 @@ def model_not_allowed(name: str) -> PermissionDenied:
 class InferenceService:
     """Validates, forwards and relays chat, completion and embedding requests."""
 
-    def __init__(self, *, settings: Settings, catalog: Catalog, pool: UpstreamPool) -> None:
+    def __init__(
+        self, *, settings: Settings, catalog: Catalog, pool: UpstreamPool, admission: Admission | None = None
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.pool = pool
+        self.admission = admission  # an alias passes over a saturated target
 
     def resolve(self, *, name: str, endpoint: Endpoint, principal: Principal) -> ModelSpec:
         """The catalogue entry for a requested model, if this caller may use it on this endpoint."""
@@ -118,20 +127,74 @@ class InferenceService:
             raise InvalidRequest(f"The model '{name}' does not support {INFERENCE_PATHS[endpoint]}.", param="model")
         return spec
 
+    def resolve_alias(
+        self, alias: AliasSpec, *, endpoint: Endpoint, principal: Principal, data: dict[str, Any]
+    ) -> AliasChoice:
+        """The target that serves a request to an alias (gateway/aliases.py): the first the key may use that has a
+        replica in rotation, is not saturated and fits the request; when every such target is saturated, the first
+        that is otherwise fit (the request then waits its turn in that model's queue rather than fail)."""
+        if not alias_allowed(principal.allowed_models, alias):
+            raise model_not_allowed(alias.name)
+        if alias.kind != _KIND_FOR[endpoint]:
+            raise InvalidRequest(
+                f"The model '{alias.name}' does not support {INFERENCE_PATHS[endpoint]}.", param="model"
+            )
+        prompt_chars = len(orjson.dumps(data.get("messages") or data.get("prompt") or data.get("input") or ""))
+        asked = data.get("max_completion_tokens") or data.get("max_tokens")
+
+        def choose(saturated: Callable[[str], bool]) -> AliasChoice:
+            return choose_target(
+                alias,
+                self.catalog,
+                allowed=lambda target: target_allowed(principal.allowed_models, alias, target),
+                available=self._available,
+                saturated=saturated,
+                fits=lambda spec: fits_context(spec, prompt_chars=prompt_chars, max_tokens=asked),
+            )
+
+        try:
+            return choose(self._saturated)
+        except ModelSaturated:
+            return choose(lambda _: False)
+
+    def _available(self, model: str) -> bool:
+        return any(replica.in_rotation for replica in self.pool.replicas_of(model))
+
+    def _saturated(self, model: str) -> bool:
+        spec = self.catalog.get(model)
+        return spec is not None and self.admission is not None and self.admission.saturated(spec)
+
     def parse(self, endpoint: Endpoint, body: bytes) -> Parsed:
         """The body's one validation (RFC 8259 JSON, the endpoint's request model); a 400 naming the field."""
         return Parsed(endpoint=endpoint, request=parse_request(_REQUEST_MODELS[endpoint], body))
 
-    def prepare(self, parsed: Parsed, *, principal: Principal, history: list[dict[str, Any]] | None = None) -> Prepared:
+    def prepare(
+        self,
+        parsed: Parsed,
+        *,
+        principal: Principal,
+        history: list[dict[str, Any]] | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        target: ModelSpec | None = None,
+    ) -> Prepared:
         """Authorize the model, apply the model's defaults and bounds, and serialize for the model server.
 
         `history` (a conversation session's stored messages) goes before the request's own messages,
-        trimmed to what fits the model's context.
+        trimmed to what fits the model's context. `priority` goes to vLLM as its `priority` field (its servers run
+        with --scheduling-policy priority; a client's own `priority` field is never passed on). A request to an
+        alias is sent to the target `resolve_alias` picks (`target`: the one picked before, when preparing again).
         """
         endpoint, request = parsed.endpoint, parsed.request
         name = request.model
-        spec = self.resolve(name=name, endpoint=endpoint, principal=principal)
         data = request.model_dump(exclude_unset=True)
+        choice: AliasChoice | None = None
+        if target is not None:  # prepared once already (a session's history added): the same target again
+            spec = target
+        elif (alias := self.catalog.alias(name)) is not None:
+            choice = self.resolve_alias(alias, endpoint=endpoint, principal=principal, data=data)
+            spec = choice.target
+        else:
+            spec = self.resolve(name=name, endpoint=endpoint, principal=principal)
         if isinstance(request, EmbeddingRequest):
             self._check_embedding(request)
         else:
@@ -145,6 +208,8 @@ class InferenceService:
             kept = trim_history(history, new=new_messages, budget=spec.max_model_len - answer_tokens)
             data["messages"] = kept + new_messages
         data["model"] = spec.upstream_name
+        if priority.rank:  # interactive is vLLM's default (0): its payload, and cache key, stay as they were
+            data["priority"] = priority.rank
         stream = bool(data.get("stream"))
         client_wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         if stream:
@@ -159,6 +224,7 @@ class InferenceService:
             new_messages=new_messages,
             completion_budget=completion_budget(data, spec, endpoint),
             deterministic=_deterministic(data, endpoint),
+            alias=choice,
         )
 
     def _check_generation(self, data: dict[str, Any], spec: ModelSpec) -> None:

@@ -1,4 +1,4 @@
-"""`citadel keys create|list|revoke`: the admin API's key operations, straight against DATABASE_URL."""
+"""`citadel keys create|list|update|revoke`: the admin API's key operations, straight against DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .admission.priority import Priority
 from .auth import Role
+from .protocol.admin import MAX_QUEUE_WEIGHT, MIN_QUEUE_WEIGHT
 from .store import keys as key_rows
 from .store.db import create_engine, create_sessionmaker, is_connection_error
 from .store.models import AuditEvent
@@ -38,8 +40,37 @@ def _days(text: str) -> float:
     return value
 
 
+def _weight(text: str) -> float | None:
+    """A queue weight from MIN_QUEUE_WEIGHT to MAX_QUEUE_WEIGHT; `default` puts the role's back (update)."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not MIN_QUEUE_WEIGHT <= value <= MAX_QUEUE_WEIGHT:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be from {MIN_QUEUE_WEIGHT:g} to {MAX_QUEUE_WEIGHT:g}: {text}")
+    return value
+
+
+def _add_admission(parser: argparse.ArgumentParser, *, create: bool) -> None:
+    parser.add_argument(
+        "--priority",
+        choices=[p.value for p in Priority],
+        default=Priority.INTERACTIVE.value if create else None,
+        help="the highest class its requests may run in (a batch key's requests are always batch)",
+    )
+    parser.add_argument(
+        "--weight",
+        type=_weight,
+        # Left out of an update's arguments when not given, so that `--weight default` (None) can clear it.
+        default=None if create else argparse.SUPPRESS,
+        help="its share in the admission queue (2: served twice as often as a key of 1); default: the role's",
+    )
+
+
 def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="create, list and revoke API keys (DATABASE_URL from env or .env)")
+    keys = commands.add_parser("keys", help="create, list, update and revoke API keys (DATABASE_URL from env or .env)")
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", help="create a key and print its secret (shown only once)")
     create.add_argument("--name", required=True)
@@ -51,8 +82,12 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--max-collections", type=_positive, help="vector collections the key may own")
     create.add_argument("--max-documents", type=_positive, help="vector documents the key may store")
     create.add_argument("--expires-in-days", type=_days)
+    _add_admission(create, create=True)
     listing = actions.add_parser("list", help="list keys (prefixes, never secrets)")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
+    update = actions.add_parser("update", help="change a key's class or queue weight (`--weight default` clears it)")
+    update.add_argument("key_id", type=uuid.UUID)
+    _add_admission(update, create=False)
     revoke = actions.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id", type=uuid.UUID)
 
@@ -75,6 +110,8 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
                 return await _create(session, args)
             if args.keys_command == "list":
                 return await _list(session, include_revoked=args.all)
+            if args.keys_command == "update":
+                return await _update(session, args)
             return await _revoke(session, args.key_id)
     finally:
         await engine.dispose()
@@ -94,22 +131,50 @@ async def _create(session: AsyncSession, args: argparse.Namespace) -> int:
         vector_quota_collections=args.max_collections,
         vector_quota_documents=args.max_documents,
         expires_at=expires,
+        priority=Priority(args.priority),
+        queue_weight=args.weight,
     )
     _audit(session, action="keys.create", target=str(row.id))
     await session.commit()
     print(f"id:     {row.id}\nname:   {row.name}\nrole:   {row.role}\nprefix: {row.prefix}")
+    print(f"class:  {row.priority}\nweight: {_shown_weight(row.queue_weight)}")
     print(f"key:    {secret}\n\nStore the key now: it is not kept and cannot be shown again.")
     return 0
 
 
 async def _list(session: AsyncSession, *, include_revoked: bool) -> int:
     rows = await key_rows.list_keys(session=session, limit=10_000, offset=0, include_revoked=include_revoked)
-    print(f"{'id':36}  {'prefix':11}  {'role':6}  {'state':8}  name")
+    print(f"{'id':36}  {'prefix':11}  {'role':6}  {'class':11}  {'weight':7}  {'state':8}  name")
     now = datetime.now(UTC)
     for row in rows:
         state = "revoked" if row.revoked_at else ("expired" if not key_rows.is_usable(row, now=now) else "active")
-        print(f"{row.id!s:36}  {row.prefix:11}  {row.role:6}  {state:8}  {row.name}")
+        weight = _shown_weight(row.queue_weight)
+        print(f"{row.id!s:36}  {row.prefix:11}  {row.role:6}  {row.priority:11}  {weight:7}  {state:8}  {row.name}")
     return 0
+
+
+async def _update(session: AsyncSession, args: argparse.Namespace) -> int:
+    changes: dict[str, object] = {}
+    if args.priority is not None:
+        changes["priority"] = Priority(args.priority)
+    if "weight" in vars(args):
+        changes["queue_weight"] = args.weight
+    if not changes:
+        print("citadel: nothing to change (give --priority or --weight)", file=sys.stderr)
+        return 2
+    row = await key_rows.update_key(session=session, key_id=args.key_id, changes=changes)
+    if row is None:
+        print(f"citadel: no key with id {args.key_id}", file=sys.stderr)
+        return 1
+    _audit(session, action="keys.update", target=str(args.key_id))
+    await session.commit()
+    print(f"updated {args.key_id} ({row.name}): class {row.priority}, weight {_shown_weight(row.queue_weight)}")
+    print("gateways use the new values within their key cache TTL")
+    return 0
+
+
+def _shown_weight(weight: float | None) -> str:
+    return "role" if weight is None else f"{weight:g}"
 
 
 async def _revoke(session: AsyncSession, key_id: uuid.UUID) -> int:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .admission.priority import Priority
 from .auth import Principal, Role, key_digest
 from .errors import DatabaseUnavailable
 from .observability.health_metrics import count_postgres_failure
@@ -49,6 +50,7 @@ class BootstrapKeyStore:
 
 
 def principal_from_row(row: ApiKey) -> Principal:
+    """The caller a key row stands for (the database's CHECKs keep `role` and `priority` to known names)."""
     return Principal(
         key_id=row.id,
         name=row.name,
@@ -60,6 +62,8 @@ def principal_from_row(row: ApiKey) -> Principal:
         vector_quota_collections=row.vector_quota_collections,
         vector_quota_documents=row.vector_quota_documents,
         expires_at=row.expires_at,
+        priority=Priority(row.priority),
+        queue_weight=row.queue_weight,
     )
 
 

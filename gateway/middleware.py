@@ -80,6 +80,8 @@ class RequestLayer:
             ctx.error_type = ctx.error_type or "internal_error"
             raise
         finally:
+            if ctx.ticket is not None:
+                ctx.ticket.release()  # idempotent: normally released when the answer ended
             latency_s = time.perf_counter() - started
             if occurred_at is not None:
                 scope_services(scope).audit.record(api_record(scope, ctx, occurred_at=occurred_at, latency_s=latency_s))

@@ -1,33 +1,39 @@
 """The inference request path between the route and the model server, as named stages: the body parsed once,
 then admit (rate limits, one Redis round trip), history (conversation sessions), retrieve (passages from Qdrant,
-when a chat asks), lookup (the response cache), forward (replica choice, retries and timeouts: gateway/upstream/),
-and after (what runs once the answer has gone out: cache store, token settlement, session append). Routes call
-`serve()` only; each stage writes what the audit row, metrics and log line need into the RequestContext."""
+when a chat asks), lookup (the response cache), queue (a slot at the model's servers: waits its turn when they
+are busy, gateway/admission/), forward (replica choice, retries and timeouts: gateway/upstream/), and after (what
+runs once the answer has gone out: cache store, token settlement, session append). Routes call `serve()` only;
+each stage writes what the audit row, metrics and log line need into the RequestContext."""
 
 from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
+from .admission import PRIORITY_HEADER, Admission, Priority, Ticket, effective_priority
 from .auth import Permission, Principal
 from .cache import CacheDecision, ResponseCache, cache_headers, cache_key, decide, replay_stream, tee_stream
 from .context import Answer, RequestContext, Usage, context_of
 from .conversations import Conversations, parse_session_id
-from .errors import PermissionDenied
+from .errors import InvalidRequest, PermissionDenied
 from .inference import Endpoint, InferenceService, Parsed, Prepared
+from .observability.admission_metrics import count_alias
 from .ratelimit import Decision, RateLimiter, estimate_tokens
 from .ratelimit.settle import SettleQueue
 from .redisconn import RedisPolicy
 from .vectors.retrieval import Retrieval, Retrieved
 
 _SSE_HEADERS = {"X-Accel-Buffering": "no"}
+# Names the model that answered a request to an alias (the answer's `model` field stays the alias asked for).
+MODEL_HEADER = "X-Citadel-Model"
 
 
 @dataclass(slots=True)
@@ -37,12 +43,14 @@ class Job:
     ctx: RequestContext
     principal: Principal
     session_id: uuid.UUID | None
+    priority: Priority
     parsed: Parsed = field(init=False)
     prepared: Prepared = field(init=False)
     decision: Decision | None = None  # None: no limiter, or Redis failed open
     retrieved: Retrieved | None = None
     caching: CacheDecision = CacheDecision.BYPASS
     key: str = ""  # the cache key, when the cache takes part
+    ticket: Ticket | None = None  # the admission slot (None: admission off)
 
 
 class Pipeline:
@@ -57,8 +65,10 @@ class Pipeline:
         cache: ResponseCache | None,
         policy: RedisPolicy | None,
         retrieval: Retrieval | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.inference = inference
+        self.admission = admission
         self.retrieval = retrieval
         self.conversations = conversations
         self.limiter = limiter
@@ -76,27 +86,41 @@ class Pipeline:
         self, *, endpoint: Endpoint, request: Request, principal: Principal, session: str | None
     ) -> Response:
         """Answer one authenticated request, stage by stage; `session` is the X-Session-ID header, if any."""
-        job = Job(ctx=context_of(request.scope), principal=principal, session_id=self._session_id(session, principal))
+        job = Job(
+            ctx=context_of(request.scope),
+            principal=principal,
+            session_id=self._session_id(session, principal),
+            priority=_priority(request.headers.get(PRIORITY_HEADER), principal),
+        )
         body = await request.body()  # bounded by BodyLimitMiddleware (413 past CITADEL_MAX_BODY_BYTES)
         job.parsed = self.inference.parse(endpoint, body)
-        job.prepared = self.inference.prepare(job.parsed, principal=principal)
+        job.prepared = self.inference.prepare(job.parsed, principal=principal, priority=job.priority)
         await self.admit(job)
         await self.history(job)
         await self.retrieve(job)
         hit = await self.lookup(job, request)
         if hit is not None:
             return hit
-        response = await self.forward(job)
+        await self.queue(job, request)
+        try:
+            response = await self.forward(job)
+        except BaseException:
+            if job.ticket is not None:
+                job.ticket.release()
+            raise
         return self.after(job, response)
 
     async def admit(self, job: Job) -> None:
         """The request's model and stream go into its context; the key's limits (requests, tokens) are charged."""
         prepared, ctx = job.prepared, job.ctx
-        ctx.model = prepared.requested_name
+        ctx.model = prepared.spec.name  # an alias's target: audit, usage and metrics record the model that served
+        if prepared.alias is not None:
+            count_alias(prepared.alias)
         ctx.endpoint = prepared.endpoint
         ctx.stream = prepared.stream
+        ctx.priority = job.priority.value
         estimate = estimate_tokens(text_chars=len(prepared.payload), max_tokens=prepared.completion_budget)
-        job.decision = await self._check_limits(job.principal, prepared.requested_name, estimate, ctx)
+        job.decision = await self._check_limits(job.principal, prepared.spec.name, estimate, ctx)
 
     async def history(self, job: Job) -> None:
         """A conversation session's stored messages before the request's own (the database is asked only for an
@@ -104,7 +128,9 @@ class Pipeline:
         if job.session_id is None:
             return
         history = await self.conversations.history(session_id=job.session_id, principal=job.principal, model=None)
-        job.prepared = self.inference.prepare(job.parsed, principal=job.principal, history=history)
+        job.prepared = self.inference.prepare(
+            job.parsed, principal=job.principal, history=history, priority=job.priority, target=job.prepared.spec
+        )
         job.ctx.answer = Answer()  # gathered while the answer goes out, stored afterwards
 
     async def retrieve(self, job: Job) -> None:
@@ -138,12 +164,37 @@ class Pipeline:
             self.settlements.add(job.principal, decision, 0)
         return hit
 
+    async def queue(self, job: Job, request: Request) -> None:
+        """A slot at the model's servers: at once when one is free, else after the request's turn in the model's
+        fair line (interactive before batch); 503/429 when the line is full or the wait too long; leaves the line
+        at once when the client hangs up."""
+        if self.admission is None:
+            return
+        principal = job.principal
+        job.ticket = await self.admission.enter(
+            job.prepared.spec,
+            key=str(principal.key_id),
+            weight=principal.weight,
+            priority=job.priority,
+            disconnected=functools.partial(_hung_up, request.receive),
+        )
+        if job.ticket is not None:
+            job.ctx.ticket = job.ticket
+            job.ctx.queue_wait_s = job.ticket.waited_s
+
     async def forward(self, job: Job) -> Response:
-        """The model server's answer (replica choice, retries, timeouts: gateway/upstream/)."""
+        """The model server's answer (replica choice, retries, timeouts: gateway/upstream/); the admission slot is
+        given back when the answer is over (a stream's last chunk)."""
         ctx = job.ctx
         response = await self.inference.forward(
             job.prepared, request_id=ctx.request_id, usage=ctx.usage, answer=ctx.answer, trace=ctx
         )
+        ticket = job.ticket
+        if ticket is not None:
+            if isinstance(response, StreamingResponse):
+                response.body_iterator = _releasing(response.body_iterator, ticket)
+            else:
+                ticket.release()
         if job.retrieved is not None:  # before the cache stores it: a hit replays the documents used as well
             response = job.retrieved.annotate(response, model=job.prepared.requested_name)
         return response
@@ -171,7 +222,11 @@ class Pipeline:
 
     @staticmethod
     def _limit_headers(job: Job) -> dict[str, str]:
-        return job.decision.headers() if job.decision is not None else {}
+        """The rate-limit headers, and for a request to an alias the model that answered it."""
+        headers = job.decision.headers() if job.decision is not None else {}
+        if job.prepared.alias is not None:
+            headers[MODEL_HEADER] = job.prepared.spec.name
+        return headers
 
     def _session_id(self, header: str | None, principal: Principal) -> uuid.UUID | None:
         if header is None:
@@ -260,6 +315,32 @@ def _add_headers(response: Response, headers: dict[str, str]) -> None:
     raw = response.raw_headers
     for name, value in headers.items():
         raw.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+
+def _priority(header: str | None, principal: Principal) -> Priority:
+    """The class a request runs in: its X-Citadel-Priority header, never above its key's class."""
+    try:
+        return effective_priority(header, principal.priority)
+    except ValueError:
+        classes = ", ".join(p.value for p in Priority)
+        raise InvalidRequest(
+            f"The {PRIORITY_HEADER} header must be one of: {classes}.", code="invalid_priority"
+        ) from None
+
+
+async def _hung_up(receive: Receive) -> None:
+    """Returns when the client has closed the connection (the body is read: only a disconnect can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _releasing(chunks: AsyncIterable[Any], ticket: Ticket) -> AsyncIterator[Any]:
+    """A stream's chunks, giving the admission slot back when the stream ends (or breaks)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        ticket.release()
 
 
 def _task(func: Callable[..., Any], *args: Any) -> BackgroundTask:

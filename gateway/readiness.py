@@ -44,6 +44,9 @@ class Readiness:
     cache_s: float = 1.5
     # Bytes of audit rows waiting in the local spool (PostgreSQL was away); None without an audit log.
     audit_spool_bytes: Callable[[], int] | None = None
+    # A model's admission gate (capacity, in flight, waiting, saturated); None without admission. Saturation is
+    # reported, not a failure: a busy model is not a broken one (its status stays what its replicas say).
+    admission_of: Callable[[str], dict[str, Any] | None] | None = None
     _cached: tuple[float, dict[str, Any]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -82,6 +85,11 @@ class Readiness:
                 "detail": f"{len(up)} of {len(replicas)} replicas in rotation",
                 "replicas": replicas,
             }
+            gate = self.admission_of(model) if self.admission_of is not None else None
+            if gate is not None:
+                checks[f"model:{model}"]["admission"] = gate
+                if gate["saturated"]:
+                    checks[f"model:{model}"]["detail"] += "; saturated: requests wait at the gateway"
         return checks
 
     async def _ping(self, dependency: Dependency) -> tuple[str, dict[str, Any]]:

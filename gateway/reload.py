@@ -95,11 +95,13 @@ class CatalogDiff:
     models_changed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     replicas_added: tuple[str, ...] = ()
     replicas_removed: tuple[str, ...] = ()
+    # Aliases added, removed, or whose targets changed (config/models.yaml `aliases:`).
+    aliases_changed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         models = self.models_added or self.models_removed or self.models_changed
-        return not (models or self.replicas_added or self.replicas_removed)
+        return not (models or self.replicas_added or self.replicas_removed or self.aliases_changed)
 
     def describe(self) -> str:
         """One line for logs and audit rows; replicas by host:port (never a URL's path or credentials)."""
@@ -113,6 +115,8 @@ class CatalogDiff:
         if self.models_changed:
             changed = (f"{name} ({', '.join(fields)})" for name, fields in self.models_changed.items())
             parts.append("models changed: " + ", ".join(changed))
+        if self.aliases_changed:
+            parts.append("aliases changed: " + ", ".join(self.aliases_changed))
         if self.replicas_added:
             parts.append("replicas added: " + ", ".join(map(replica_label, self.replicas_added)))
         if self.replicas_removed:
@@ -136,6 +140,9 @@ def diff_catalogs(old: Catalog, new: Catalog) -> CatalogDiff:
         models_changed={name: changed[name] for name in new.models if name in changed},
         replicas_added=tuple(url for url in new_urls if url not in old_urls),
         replicas_removed=tuple(url for url in old_urls if url not in new_urls),
+        aliases_changed=tuple(
+            sorted(name for name in old.aliases.keys() | new.aliases.keys() if old.alias(name) != new.alias(name))
+        ),
     )
 
 

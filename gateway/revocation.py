@@ -51,7 +51,7 @@ async def publish_revocation(redis: Redis, key_id: uuid.UUID, *, channel: str = 
         return int(await redis.publish(channel, str(key_id)))
     except _REDIS_ERRORS as exc:
         log.warning(
-            "could not publish a key revocation (%s); other workers notice it within the cache TTL", type(exc).__name__
+            "could not publish a key change (%s); other workers notice it within the cache TTL", type(exc).__name__
         )
         return None
 

@@ -135,6 +135,20 @@ class VectorSettings(_Group):
     quota_documents: Annotated[int | None, Field(ge=1)] = 50_000
 
 
+class AdmissionSettings(_Group):
+    """CITADEL_ADMISSION_*: the gateway's queue in front of each model (gateway/admission/). Each replica gets at
+    most `concurrency` requests at once (config/models.yaml `max_concurrency` overrides it per model), shared
+    among the gateway's workers; the rest wait, served key by key (fair) and interactive before batch. A model's
+    queue holds at most `queue_max` requests and one key at most `key_queue_max` of them (past that: 503 and 429);
+    nobody waits longer than `max_wait_s` (then 503). `enabled` false: requests go straight to the model servers."""
+
+    enabled: bool = True
+    concurrency: Annotated[int, Field(ge=1)] = 4
+    queue_max: Annotated[int, Field(ge=1)] = 256
+    key_queue_max: Annotated[int, Field(ge=1)] = 64
+    max_wait_s: Annotated[float, Field(gt=0)] = 60.0
+
+
 class Settings(BaseSettings):
     """Everything host-specific comes from here; a required secret has no default (fail fast).
 
@@ -206,6 +220,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     qdrant: QdrantSettings = QdrantSettings()
     vector: VectorSettings = VectorSettings()
+    admission: AdmissionSettings = AdmissionSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +251,7 @@ GROUPS: dict[str, type[_Group]] = {
     "cache": CacheSettings,
     "qdrant": QdrantSettings,
     "vector": VectorSettings,
+    "admission": AdmissionSettings,
 }
 
 

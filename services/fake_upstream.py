@@ -11,6 +11,9 @@ The requested `model` picks the behaviour, so one process serves every case:
   endless         streams an event every 50 ms until the client goes away (counted in /_stats)
   paced           streams 20 events 100 ms apart, then [DONE] (a stream in flight for ~2 s)
   lazy            sends its headers, then waits `--slow-s` before its first event (a first-byte timeout)
+  busy            takes `--busy-s` seconds, like a model server at work: /_stats counts how many ran at once
+                  (`busy_max_in_flight`), the order they started in (`busy_order`: each request's last message)
+                  and the `priority` each carried; its /metrics reports them as running (POST /_reset clears)
 GET /_stats and GET /_last tell tests what arrived (payload and headers) and which streams were cancelled.
 POST /_fault {"status": 500} makes every model answer that status until {"status": null}; {"waiting": 3,
 "kv_cache_usage": 0.95} sets the load figures its vLLM-style GET /metrics reports (for the balancer's tests).
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -48,13 +53,41 @@ def _chunk(model: str, text: str, finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
+@dataclass
+class BusyStats:
+    """What the `busy` model saw since the last reset."""
+
+    in_flight: int = 0
+    max_in_flight: int = 0
+    order: list[Any] = field(default_factory=list)
+    priorities: list[Any] = field(default_factory=list)
+
+
 class FakeUpstream:
-    def __init__(self, *, slow_s: float) -> None:
+    def __init__(self, *, slow_s: float, busy_s: float = 0.2) -> None:
         self.slow_s = slow_s
+        self.busy_s = busy_s
+        self.busy = BusyStats()
         self.stats = {"requests": 0, "cancelled_streams": 0, "last_cancel_at": 0.0}
         self.fault: dict[str, float | None] = {"status": None, "waiting": 0.0, "kv_cache_usage": 0.0}
         self.last: dict[str, object] = {}
         self._cache: dict[str, bytes] = {}
+
+    async def _busy(self, payload: dict[str, Any]) -> None:
+        messages = payload.get("messages")
+        busy = self.busy
+        busy.order.append(messages[-1].get("content") if isinstance(messages, list) and messages else None)
+        busy.priorities.append(payload.get("priority", 0))
+        busy.in_flight += 1
+        busy.max_in_flight = max(busy.max_in_flight, busy.in_flight)
+        try:
+            await asyncio.sleep(self.busy_s)
+        finally:
+            busy.in_flight -= 1
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.busy = BusyStats()
+        return web.json_response({})
 
     def _cancelled(self) -> None:
         self.stats["cancelled_streams"] += 1
@@ -82,6 +115,8 @@ class FakeUpstream:
             return web.json_response(body, status=400)
         if model == "malformed":
             return web.Response(body=b"<html>not json", content_type="text/html")
+        if model == "busy":
+            await self._busy(payload)
         if model == "slow":
             try:
                 await asyncio.sleep(self.slow_s)
@@ -127,7 +162,9 @@ class FakeUpstream:
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats)
+        busy = self.busy
+        extra = {"busy_max_in_flight": busy.max_in_flight, "busy_order": busy.order, "busy_priorities": busy.priorities}
+        return web.json_response({**self.stats, **extra})
 
     async def get_last(self, request: web.Request) -> web.Response:
         return web.json_response(self.last)
@@ -141,15 +178,15 @@ class FakeUpstream:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = (
-            f'vllm:num_requests_running{{engine="0",model_name="fake"}} 0.0\n'
+            f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.busy.in_flight)}\n'
             f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {self.fault["waiting"] or 0.0}\n'
             f'vllm:kv_cache_usage_perc{{engine="0",model_name="fake"}} {self.fault["kv_cache_usage"] or 0.0}\n'
         )
         return web.Response(text=text, content_type="text/plain")
 
 
-def build_app(*, slow_s: float = 3.0) -> web.Application:
-    fake = FakeUpstream(slow_s=slow_s)
+def build_app(*, slow_s: float = 3.0, busy_s: float = 0.2) -> web.Application:
+    fake = FakeUpstream(slow_s=slow_s, busy_s=busy_s)
     app = web.Application()
     app.add_routes(
         [
@@ -161,6 +198,7 @@ def build_app(*, slow_s: float = 3.0) -> web.Application:
             web.get("/health", fake.health),
             web.get("/metrics", fake.metrics),
             web.post("/_fault", fake.set_fault),
+            web.post("/_reset", fake.reset),
         ]
     )
     return app
@@ -171,6 +209,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--slow-s", type=float, default=3.0)
+    parser.add_argument("--busy-s", type=float, default=0.2)
     args = parser.parse_args()
     try:
         import uvloop
@@ -180,7 +219,7 @@ def main() -> None:
         pass
     # handler_cancellation: a request whose client left is cancelled at once, so tests see the gateway's cancel.
     web.run_app(
-        build_app(slow_s=args.slow_s),
+        build_app(slow_s=args.slow_s, busy_s=args.busy_s),
         host=args.host,
         port=args.port,
         access_log=None,

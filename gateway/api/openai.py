@@ -10,7 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from ..auth import PERMISSION_ATTR, InferenceCaller, Permission, PrincipalDep, require
+from ..aliases import alias_allowed, allowed_targets
+from ..auth import PERMISSION_ATTR, InferenceCaller, Permission, Principal, PrincipalDep, require
+from ..catalog import AliasSpec, Catalog
 from ..conversations import SESSION_HEADER
 from ..errors import ModelNotFound
 from ..inference import INFERENCE_PATHS, Endpoint, model_not_allowed
@@ -18,7 +20,7 @@ from ..pipeline import Pipeline
 from ..protocol.chat import ChatCompletionRequest
 from ..protocol.completions import CompletionRequest
 from ..protocol.embeddings import EmbeddingRequest
-from ..protocol.models import model_card
+from ..protocol.models import alias_card, model_card
 from ..protocol.responses import ChatCompletion, ChatCompletionChunk, Completion, EmbeddingList, ModelCard, ModelList
 from ..services import services_of
 from .deps import CatalogDep
@@ -123,8 +125,12 @@ async def embeddings(request: Request, caller: InferenceCaller) -> Response:
     responses=errors(*KEYED_ERRORS),
 )
 async def list_models(catalog: CatalogDep, principal: PrincipalDep) -> dict[str, object]:
-    """The models this key may use."""
+    """The models this key may use, then the aliases it may call (`alias_of` names their targets)."""
     cards = [model_card(spec, created=_STARTED) for spec in catalog.models.values() if principal.may_use(spec.name)]
+    for alias in catalog.aliases.values():
+        card = _alias_card(alias, catalog, principal)
+        if card is not None:
+            cards.append(card)
     return {"object": "list", "data": cards}
 
 
@@ -136,10 +142,25 @@ async def list_models(catalog: CatalogDep, principal: PrincipalDep) -> dict[str,
     responses=errors(*KEYED_ERRORS, 403, 404),
 )
 async def get_model(model: str, catalog: CatalogDep, principal: PrincipalDep) -> dict[str, object]:
-    """One model; 404 if it does not exist, 403 if this key may not use it."""
+    """One model or alias; 404 if it does not exist, 403 if this key may not use it."""
+    alias = catalog.alias(model)
+    if alias is not None:
+        card = _alias_card(alias, catalog, principal)
+        if card is None:
+            raise model_not_allowed(model)
+        return card
     spec = catalog.get(model)
     if spec is None:
         raise ModelNotFound(model)
     if not principal.may_use(model):
         raise model_not_allowed(model)
     return model_card(spec, created=_STARTED)
+
+
+def _alias_card(alias: AliasSpec, catalog: Catalog, principal: Principal) -> dict[str, object] | None:
+    """An alias's card showing the targets this key may reach through it; None when it may not call the alias."""
+    if not alias_allowed(principal.allowed_models, alias):
+        return None
+    names = allowed_targets(principal.allowed_models, alias)
+    targets = [spec for spec in map(catalog.get, names) if spec is not None]
+    return alias_card(alias, targets, created=_STARTED) if targets else None

@@ -171,6 +171,10 @@ class RequestObserver:
             fields["ttft_ms"] = round(ttft_s * 1000, 2)
         if ctx.error_type:
             fields["error_type"] = ctx.error_type
+        if ctx.priority is not None:
+            fields["priority"] = ctx.priority
+        if ctx.queue_wait_s:  # it waited at the gateway for a model server slot
+            fields["queue_wait_ms"] = round(ctx.queue_wait_s * 1000, 2)
         if capture is not None:
             fields.update(capture.fields())
         log.info("request", extra={FIELDS_ATTR: fields})

@@ -77,6 +77,11 @@ class ModelCard(BaseModel):
     max_model_len: int
     max_tokens: int
     dimensions: int | None = Field(default=None, description="Embedding models only.")
+    alias_of: list[str] | None = Field(
+        default=None,
+        description="Aliases only: the models this name stands for, in the order tried (those this key may use). "
+        "`max_model_len` and `max_tokens` are then the largest of theirs.",
+    )
 
 
 class ModelList(BaseModel):

@@ -56,7 +56,11 @@ class ApiKey(Base):
     """An API key: only its SHA-256 digest and a short prefix (to find and show it) are stored."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'user', 'viewer')", name="role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'user', 'viewer')", name="role"),
+        CheckConstraint("priority IN ('interactive', 'batch')", name="priority"),
+        CheckConstraint("queue_weight > 0", name="queue_weight"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(128))
@@ -70,6 +74,10 @@ class ApiKey(Base):
     vector_quota_collections: Mapped[int | None] = mapped_column(Integer)
     vector_quota_documents: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The highest admission class its requests may run in (gateway/admission/priority.py).
+    priority: Mapped[str] = mapped_column(Text, server_default="interactive", default="interactive")
+    # Its share in the admission queue's fair ordering; NULL: the role's (gateway/auth.py ROLE_QUEUE_WEIGHTS).
+    queue_weight: Mapped[float | None] = mapped_column(Float)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = _now()

@@ -392,6 +392,19 @@ class UpstreamPool:
                 replica.mark(healthy=False, error="connection refused")  # the prober puts it back when it answers
             raise failure from exc
 
+    def replicas_of(self, model: str) -> list[Replica]:
+        """The replicas serving `model` now (empty for a model the catalogue no longer has)."""
+        return self._by_model.get(model, [])
+
+    def replicas_at(self, urls: tuple[str, ...]) -> list[Replica]:
+        """The pool's replicas at these URLs (those a reload removed are left out)."""
+        return [self._replicas[url] for url in urls if url in self._replicas]
+
+    @property
+    def fresh_s(self) -> float:
+        """How long vLLM's load figures of a replica count after they were read."""
+        return self._fresh_s
+
     def describe(self, model: str) -> list[dict[str, Any]]:
         """Each replica's state for readiness: no host names (readiness is public), an index per model."""
         return [

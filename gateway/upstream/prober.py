@@ -113,6 +113,9 @@ class HealthProber:
         except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
             return
         if report is not None:
+            # This worker's share of vLLM's figures as they were read (the admission gate subtracts it to see the
+            # other workers' and gateways' load).
+            report.ours = replica.outstanding
             replica.load = report
 
     async def _loop(self) -> None:

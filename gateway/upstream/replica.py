@@ -26,6 +26,7 @@ class LoadReport:
     running: float = 0.0
     kv_cache_usage: float = 0.0
     at: float = 0.0
+    ours: int = 0  # requests this worker had in flight to the replica when the figures were read
 
 
 @dataclass(eq=False)

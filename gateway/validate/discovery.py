@@ -41,7 +41,8 @@ async def discover(run: RunState) -> list[dict[str, Any]] | None:
             )
         )
         return None
-    cards = [c for c in listing.body.get("data", []) if isinstance(c, dict) and "id" in c]
+    # Models only: an alias's card (`alias_of`) stands for models that are checked under their own names.
+    cards = [c for c in listing.body.get("data", []) if isinstance(c, dict) and "id" in c and "alias_of" not in c]
     if run.options.models:
         unknown = sorted(set(run.options.models) - {c["id"] for c in cards})
         if unknown:

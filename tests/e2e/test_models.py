@@ -21,8 +21,15 @@ MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 
 def test_models_list_has_every_model(client: openai.OpenAI) -> None:
     names = {model.id for model in client.models.list()}
-    assert names == {*CHAT_MODELS, "embed"}
+    assert names == {*CHAT_MODELS, "embed", "default", "fast"}  # the models, then config/models.yaml's aliases
     assert client.models.retrieve("phi3").id == "phi3"
+    assert client.models.retrieve("fast").model_extra == {
+        "kind": "chat",
+        "display_name": "Alias of Phi-3-Mini, OpenChat-3.5",
+        "max_model_len": 2048,  # the demo server's context, for both targets
+        "max_tokens": 2048,
+        "alias_of": ["phi3", "openchat"],
+    }
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)

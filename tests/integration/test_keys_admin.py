@@ -7,12 +7,16 @@ import asyncio
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.integration.conftest import DbGateway
+from gateway.admission.priority import Priority
+from gateway.services import services_of
+from tests.integration.conftest import DbGateway, running_db_gateway
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -103,6 +107,19 @@ async def test_expired_key_stops_working(db_gateway: DbGateway) -> None:
         ("POST", "/admin/keys", {"name": "x", "control_requests_per_minute": 0}, 400),
         ("POST", "/admin/keys", {"name": "x", "vector_quota_collections": 2**31}, 400),
         ("GET", f"/admin/keys?offset={2**64}", None, 400),
+        ("POST", "/admin/keys", {"name": "x", "priority": "urgent"}, 400),
+        ("POST", "/admin/keys", {"name": "x", "priority": None}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": 0}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": -1}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": 1e-310}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": 0.01}, 201),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": 100.01}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": "heavy"}, 400),
+        ("POST", "/admin/keys", {"name": "x", "queue_weight": 100, "priority": "batch"}, 201),
+        ("PATCH", f"/admin/keys/{uuid.uuid4()}", {"priority": "batch"}, 404),
+        ("PATCH", f"/admin/keys/{uuid.uuid4()}", {}, 400),
+        ("PATCH", f"/admin/keys/{uuid.uuid4()}", {"role": "admin"}, 400),
+        ("PATCH", "/admin/keys/not-a-uuid", {"priority": "batch"}, 400),
         ("POST", "/admin/keys", {"name": ""}, 400),
         # Values the database refuses: one translation to 400 (never a 500).
         ("POST", "/admin/keys", {"name": "nul\u0000byte"}, 400),
@@ -118,6 +135,101 @@ async def test_bad_admin_input_is_a_clear_4xx(
     assert response.status_code == status, response.text
     if status >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"priority": "urgent"}, "priority"),
+        ({"priority": None}, "priority"),
+        ({"name": None}, "name"),
+        ({"queue_weight": 0}, "queue_weight"),
+        ({"queue_weight": 101}, "queue_weight"),
+        ({"allowed_models": ["gpt-17"]}, "allowed_models"),
+        ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+    ],
+)
+async def test_bad_key_updates_name_the_field(db_gateway: DbGateway, body: dict[str, object], param: str) -> None:
+    created = await db_gateway.create_key(name=name(), role="user")
+    for method, path, payload in (
+        ("PATCH", f"/admin/keys/{created['id']}", body),
+        ("POST", "/admin/keys", {"name": "x", **body} if param != "name" else None),
+    ):
+        if payload is None:
+            continue
+        response = await db_gateway.client.request(method, path, json=payload, headers=db_gateway.headers())
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+
+
+async def test_a_keys_class_and_queue_weight_are_made_shown_and_changed(db_gateway: DbGateway) -> None:
+    plain = await db_gateway.create_key(name=name(), role="user")
+    assert plain["priority"] == "interactive" and plain["queue_weight"] is None
+    created = await db_gateway.create_key(name=name(), role="user", priority="batch", queue_weight=2)
+    key_id, secret = created["id"], str(created["key"])
+    assert created["priority"] == "batch" and created["queue_weight"] == 2.0
+    shown = (await db_gateway.client.get(f"/admin/keys/{key_id}", headers=db_gateway.headers())).json()
+    assert shown["priority"] == "batch" and shown["queue_weight"] == 2.0
+    listing = (await db_gateway.client.get("/admin/keys", headers=db_gateway.headers())).json()["data"]
+    assert {(k["id"], k["priority"], k["queue_weight"]) for k in listing} >= {
+        (key_id, "batch", 2.0),
+        (plain["id"], "interactive", None),
+    }
+
+    key_store = services_of(db_gateway.app).key_store
+    before = await key_store.authenticate(secret)
+    assert before is not None and before.priority is Priority.BATCH and before.weight == 2.0
+
+    patch = {"priority": "interactive", "queue_weight": 0.5, "requests_per_minute": 30}
+    updated = await db_gateway.client.patch(f"/admin/keys/{key_id}", json=patch, headers=db_gateway.headers())
+    assert updated.status_code == 200, updated.text
+    body = updated.json()
+    assert (body["priority"], body["queue_weight"], body["requests_per_minute"]) == ("interactive", 0.5, 30)
+    assert body["name"] == created["name"] and body["role"] == "user"  # fields not sent are kept
+    # This worker forgot its cached record at once: the next request runs with the new values.
+    after = await key_store.authenticate(secret)
+    assert after is not None and after.priority is Priority.INTERACTIVE and after.weight == 0.5
+
+    cleared = await db_gateway.client.patch(
+        f"/admin/keys/{key_id}", json={"queue_weight": None}, headers=db_gateway.headers()
+    )
+    assert cleared.json()["queue_weight"] is None and cleared.json()["requests_per_minute"] == 30
+    principal = await key_store.authenticate(secret)
+    assert principal is not None and principal.queue_weight is None and principal.weight == 1.0
+    assert await chat(db_gateway, secret) == 200
+    # A value the database refuses is a 400 here too, and changes nothing.
+    refused = await db_gateway.client.patch(
+        f"/admin/keys/{key_id}", json={"name": "nul\u0000byte"}, headers=db_gateway.headers()
+    )
+    assert refused.status_code == 400, refused.text
+    shown = (await db_gateway.client.get(f"/admin/keys/{key_id}", headers=db_gateway.headers())).json()
+    assert shown["name"] == created["name"]
+    for _ in range(100):  # audit rows are written in batches, off the request's path
+        admin_rows = await db_gateway.client.get("/admin/audit?kind=admin&limit=500", headers=db_gateway.headers())
+        updates = [r for r in admin_rows.json()["data"] if r["action"] == "keys.update" and r["target"] == key_id]
+        if len(updates) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(updates) == 2
+
+
+async def test_allow_lists_may_name_aliases(tmp_path: Path, postgres_url: str, fake_upstream_url: str) -> None:
+    async with running_db_gateway(tmp_path, postgres_url, fake_upstream_url) as gw:
+        config = tmp_path / "models.yaml"
+        tree = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**tree, "aliases": {"fast": ["tiny", "ok"]}}))
+        assert (await gw.client.post("/admin/reload", headers=gw.headers())).status_code == 200
+        created = await gw.create_key(name=name(), role="user", allowed_models=["fast", "other"])
+        assert created["allowed_models"] == ["fast", "other"]
+        patched = await gw.client.patch(
+            f"/admin/keys/{created['id']}", json={"allowed_models": ["fast"]}, headers=gw.headers()
+        )
+        assert patched.status_code == 200 and patched.json()["allowed_models"] == ["fast"]
+        unknown = await gw.client.post(
+            "/admin/keys", json={"name": "x", "allowed_models": ["fast", "slow"]}, headers=gw.headers()
+        )
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "allowed_models"
+        assert "slow" in unknown.json()["error"]["message"] and "fast" not in unknown.json()["error"]["message"]
 
 
 async def wait_for_audit(gw: DbGateway, query: str, count: int) -> list[dict[str, object]]:

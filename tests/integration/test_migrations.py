@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -127,6 +128,40 @@ async def test_downgrade_to_base_then_upgrade_again(fresh_url: str, fresh_engine
     assert not await schema_exists(fresh_engine)
     assert await migrate(fresh_url, echo=Lines()) == HEAD
     assert await inspect_db(fresh_engine, differences) == []
+
+
+async def test_0005_gives_existing_keys_the_interactive_class_and_checks_both_fields(
+    fresh_url: str, fresh_engine: AsyncEngine
+) -> None:
+    await migrate(fresh_url, revision="0004", echo=Lines())
+    insert = text(
+        "INSERT INTO llm.api_keys (id, name, prefix, key_hash, role) "
+        "VALUES (gen_random_uuid(), :name, 'ck_old', :hash, 'user')"
+    )
+    async with fresh_engine.begin() as connection:
+        await connection.execute(insert, {"name": "older", "hash": secrets.token_bytes(32)})
+    assert await migrate(fresh_url, revision="0005", echo=Lines()) == "0005"
+    async with fresh_engine.connect() as connection:
+        row = (await connection.execute(text("SELECT priority, queue_weight FROM llm.api_keys"))).one()
+    assert tuple(row) == ("interactive", None)
+    for column, value in (
+        ("priority", "'urgent'"),
+        ("priority", "NULL"),
+        ("queue_weight", "0"),
+        ("queue_weight", "-1"),
+    ):
+        with pytest.raises(IntegrityError):
+            async with fresh_engine.begin() as connection:
+                await connection.execute(text(f"UPDATE llm.api_keys SET {column} = {value}"))
+    async with fresh_engine.begin() as connection:
+        await connection.execute(text("UPDATE llm.api_keys SET priority = 'batch', queue_weight = 2.5"))
+    assert await downgrade(fresh_url, "0004", echo=Lines()) == "0004"
+    columns = await inspect_db(
+        fresh_engine, lambda c: {col["name"] for col in inspect(c).get_columns("api_keys", schema=SCHEMA)}
+    )
+    assert not {"priority", "queue_weight"} & columns and "vector_quota_documents" in columns
+    checks = await inspect_db(fresh_engine, live_constraints)
+    assert checks["checks"] == {"ck_api_keys_role", "ck_feedback_rating", "ck_audit_log_kind"}
 
 
 async def test_migrate_twice_changes_nothing(fresh_url: str, fresh_engine: AsyncEngine) -> None:

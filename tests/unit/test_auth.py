@@ -5,9 +5,11 @@ import uuid
 import pytest
 from fastapi import APIRouter
 
+from gateway.admission.priority import Priority
 from gateway.app import assert_every_route_guarded
-from gateway.auth import Permission, Principal, Role, bearer_token
-from gateway.keystore import BootstrapKeyStore, CachedKeyStore
+from gateway.auth import ROLE_QUEUE_WEIGHTS, Permission, Principal, Role, bearer_token
+from gateway.keystore import BootstrapKeyStore, CachedKeyStore, principal_from_row
+from gateway.store.models import ApiKey
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,9 @@ async def test_bootstrap_key_store_accepts_only_the_admin_key() -> None:
     store = BootstrapKeyStore("the-admin-key-123456")
     principal = await store.authenticate("the-admin-key-123456")
     assert principal is not None and principal.role is Role.ADMIN
+    # Interactive, with the admin role's queue weight.
+    assert principal.priority is Priority.INTERACTIVE and principal.queue_weight is None
+    assert principal.weight == ROLE_QUEUE_WEIGHTS[Role.ADMIN]
     assert await store.authenticate("the-admin-key-12345") is None
     assert await store.authenticate("") is None
 
@@ -77,3 +82,33 @@ async def test_random_tokens_are_remembered_as_misses_and_never_evict_a_valid_ke
     assert store.queries == 201  # ... but the valid key is still cached: no lookup for it
     assert await store.authenticate("ck_random99") is None
     assert store.queries == 201  # a recent miss is answered from the miss cache
+
+
+def test_a_keys_queue_weight_is_its_own_else_its_roles() -> None:
+    assert set(ROLE_QUEUE_WEIGHTS) == set(Role)
+    for role in Role:
+        assert Principal(key_id=uuid.uuid4(), name="k", role=role).weight == ROLE_QUEUE_WEIGHTS[role]
+    assert Principal(key_id=uuid.uuid4(), name="k", role=Role.USER, queue_weight=2.5).weight == 2.5
+
+
+def _row(**fields: object) -> ApiKey:
+    base: dict[str, object] = {"id": uuid.uuid4(), "name": "k", "prefix": "ck_x", "key_hash": b"h", "role": "user"}
+    return ApiKey(**(base | fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "priority", "queue_weight", "weight"),
+    [
+        ({"priority": "interactive"}, Priority.INTERACTIVE, None, 1.0),
+        ({"priority": "batch", "queue_weight": 2.0}, Priority.BATCH, 2.0, 2.0),
+        ({"priority": "batch", "queue_weight": 0.5, "role": "admin"}, Priority.BATCH, 0.5, 0.5),
+    ],
+)
+def test_principal_from_row_carries_the_class_and_weight(
+    fields: dict[str, object], priority: Priority, queue_weight: float | None, weight: float
+) -> None:
+    row = _row(allowed_models=["a", "fast"], requests_per_minute=7, **fields)
+    principal = principal_from_row(row)
+    assert principal.priority is priority and principal.queue_weight == queue_weight and principal.weight == weight
+    assert principal.key_id == row.id and principal.allowed_models == frozenset({"a", "fast"})
+    assert principal.requests_per_minute == 7

@@ -88,6 +88,12 @@ def test_keys_against_a_server_that_is_down_is_one_line(
         (["--expires-in-days", "0"], "must be more than 0 and at most 36500"),
         (["--expires-in-days", "soon"], "not a number: 'soon'"),
         (["--role", "root"], "invalid choice: 'root'"),
+        (["--priority", "urgent"], "invalid choice: 'urgent'"),
+        (["--weight", "0"], "must be from 0.01 to 100: 0"),
+        (["--weight", "1e-310"], "must be from 0.01 to 100: 1e-310"),
+        (["--weight", "100.5"], "must be from 0.01 to 100: 100.5"),
+        (["--weight", "nan"], "must be from 0.01 to 100: nan"),
+        (["--weight", "heavy"], "not a number: 'heavy'"),
     ],
 )
 def test_key_limits_out_of_range_are_refused_before_any_database_call(
