@@ -11,7 +11,7 @@ PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 CODE := gateway services tests bench migrations
 
-.PHONY: help install install-models system-deps run migrate test test-fast audit lint format bench bench-e2e bench-mttr clean up down logs compose-env wheelhouse
+.PHONY: help install install-models system-deps run migrate test test-fast audit lint format bench bench-e2e bench-mttr bench-fairness clean up down logs compose-env wheelhouse
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench           gateway overhead against a fake upstream, uncached, everything on: goals, 3 runs (6-9 min)"
 	@echo "make bench-e2e       the gateway against the real demo vLLM server directly, concurrency 8 (minutes)"
 	@echo "make bench-mttr      kill -9 each server of a stack of its own under load: time to recovery (5-15 min)"
+	@echo "make bench-fairness  a light key and a flooding key on the real demo vLLM, admission queue off/on (~10 min)"
 	@echo "make clean           remove caches, logs and the demo model (keeps the venvs and the local database)"
 
 install: $(VENV)/.installed
@@ -169,6 +170,9 @@ bench-e2e: install install-models
 
 bench-mttr: install install-models
 	$(VENV)/bin/python -m bench.mttr
+
+bench-fairness: install install-models
+	$(VENV)/bin/python -m bench.fairness $(BENCH_ARGS)
 
 clean:
 	@# Keeps .cache/citadel/postgres and audit-spool: they hold keys and audit rows, not caches.

@@ -116,7 +116,7 @@ async def closed_loop(target: Target, session: aiohttp.ClientSession, clients: i
 
 async def measure(ports: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency + 2)) as session:
-        async with session.get(f"http://127.0.0.1:{ports['chat']}/v1/models") as response:
+        async with session.get(f"http://127.0.0.1:{ports['demo-chat']}/v1/models") as response:
             upstream_model = (await response.json())["data"][0]["id"]
         targets = [Target("direct", ports["demo-chat"], upstream_model), Target("gateway", ports["gateway"], MODEL)]
         progress(f"warm-up; direct asks vLLM for {upstream_model!r}, the gateway for {MODEL!r}")

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
 from . import __version__
-from .admission import Admission
-from .api import admin, feedback, health, openai, reload, sessions, usage, vectors
+from .admission.gates import Admission
+from .api import admin, batches, feedback, files, health, openai, reload, sessions, usage, vectors
 from .api.openapi_schema import install_openapi
 from .api.status import STATUS_DATA_PATH, STATUS_PATH, status_router
 from .audit.writer import AuditLog
 from .auth import PERMISSION_ATTR, KeyStore
+from .batch.runner import BatchRunner
 from .cache import ResponseCache
 from .catalog import Catalog, load_catalog
 from .conversations import Conversations
@@ -32,6 +33,7 @@ from .housekeeping import housekeeping
 from .inference import InferenceService
 from .keystore import BootstrapKeyStore, CachedKeyStore
 from .middleware import AuthenticationMiddleware, BodyLimitMiddleware, RequestLayer
+from .observability.admission_metrics import zero_alias_series
 from .observability.exposition import METRICS_PATH, HttpMetrics, metrics_router, refresh_audit_gauges
 from .observability.health_metrics import count_redis_failure, zero_series
 from .observability.requests import RequestObserver
@@ -64,6 +66,8 @@ ROUTERS = (
     reload.router,
     vectors.router,
     feedback.router,
+    files.router,
+    batches.router,
 )
 
 
@@ -156,6 +160,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         if redis is None:
             log.warning("no REDIS_URL: no rate limits, no response cache, revocations reach only this worker")
         zero_series(list(catalog.models))
+        zero_alias_series({name: alias.targets for name, alias in catalog.aliases.items()})
         _tune_gc()
         try:
             async with contextlib.AsyncExitStack() as background:
@@ -167,7 +172,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 # Replicas are probed in the background: out of rotation when they fail, back when they answer.
                 await background.enter_async_context(pool.prober.running())
                 # Snapshots of every worker's metrics for the status page (and this worker's audit gauges).
-                await background.enter_async_context(status_board.running(before=lambda: refresh_audit_gauges(audit)))
+                await background.enter_async_context(
+                    status_board.running(before=lambda: _refresh_gauges(audit, admission, inference))
+                )
                 await background.enter_async_context(services.reloader.running())
                 await background.enter_async_context(
                     housekeeping(
@@ -177,6 +184,13 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                         retention_days=settings.audit.retention_days,
                     )
                 )
+                if settings.batch.enabled and database_url:
+                    # One runner leads across every worker and replica (a PostgreSQL advisory lock); stopped first
+                    # at shutdown: lines in flight stay pending and the next leader sends them again.
+                    runner = BatchRunner(
+                        services=services, app=app, dsn=asyncpg_dsn(database_url), settings=settings.batch
+                    )
+                    await background.enter_async_context(runner.running())
                 yield
         finally:
             # Requests have drained (uvicorn waits for them); everything audited so far is flushed or spooled.
@@ -221,10 +235,18 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     install_openapi(app, public_paths=public_paths)
     # The last added is the outermost: the request layer (context, id, audit row, metrics, log line: it sees every
     # answer, 401s included), then auth, then the body bound (after auth: nothing of a keyless body is read).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # An upload's bound is the batch file limit (plus its form's framing), not the JSON bodies' limit.
+    upload_bytes = settings.batch.max_file_bytes + files.MULTIPART_OVERHEAD_BYTES
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, overrides={files.PATH: upload_bytes})
     app.add_middleware(AuthenticationMiddleware, public_paths=frozenset(public_paths))
     app.add_middleware(RequestLayer, unaudited=UNAUDITED_PATHS, observer=observer, http=HttpMetrics())
     return app
+
+
+def _refresh_gauges(audit: AuditLog, admission: Admission, inference: InferenceService) -> None:
+    """Gauges that change without requests: this worker's audit queue and spool, each model's admission capacity."""
+    refresh_audit_gauges(audit)
+    admission.publish(inference.catalog)
 
 
 def _gate_state(admission: Admission, inference: InferenceService, model: str) -> dict[str, Any] | None:

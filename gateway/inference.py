@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from .admission import Admission
+from .admission.gates import Admission
 from .admission.priority import Priority
 from .aliases import AliasChoice, alias_allowed, choose_target, fits_context, target_allowed
 from .auth import Principal

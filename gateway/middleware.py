@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -129,23 +130,26 @@ class BodyLimitMiddleware:
     """Every route's request body is bounded (CITADEL_MAX_BODY_BYTES), not only the inference routes': a declared
     Content-Length over the limit is refused with 413 before anything is read, and a body streamed without one
     fails the read (413 through the app's error handlers) as soon as it passes the limit. Inside authentication,
-    so a caller without a key gets 401 and nothing of its body is read."""
+    so a caller without a key gets 401 and nothing of its body is read. A path in `overrides` has its own bound
+    (the file upload's is the batch file limit)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, overrides: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.overrides.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
                     await _send_error(scope, send, InvalidRequest("The Content-Length header is not a number."))
                     return
-                if int(value) > self.max_bytes:
-                    await _send_error(scope, send, self._too_large())
+                if int(value) > max_bytes:
+                    await _send_error(scope, send, _too_large(max_bytes))
                     return
                 break
         received = 0
@@ -155,14 +159,15 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
+                if received > max_bytes:
+                    raise _too_large(max_bytes)
             return message
 
         await self.app(scope, bounded_receive, send)
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The request body is larger than this server's limit of {self.max_bytes} bytes.")
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than this server's limit of {max_bytes} bytes.")
 
 
 async def _send_error(scope: Scope, send: Send, error: APIError) -> None:

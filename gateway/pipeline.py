@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
-from .admission import PRIORITY_HEADER, Admission, Priority, Ticket, effective_priority
+from .admission.gate import Ticket
+from .admission.gates import Admission
+from .admission.priority import PRIORITY_HEADER, Priority, effective_priority
 from .auth import Permission, Principal
 from .cache import CacheDecision, ResponseCache, cache_headers, cache_key, decide, replay_stream, tee_stream
 from .context import Answer, RequestContext, Usage, context_of

@@ -65,6 +65,7 @@ from .audit.record import AuditRecord
 from .audit.writer import AuditLog
 from .catalog import Catalog, ConfigError, load_catalog
 from .inference import InferenceService
+from .observability.admission_metrics import zero_alias_series
 from .observability.health_metrics import zero_series
 from .observability.metrics import count_config_reload
 from .observability.requests import RequestObserver
@@ -204,6 +205,9 @@ class Reloader:
             self.status_board.catalog = catalog
             self.observer.use_catalog(catalog)
             zero_series(list(diff.models_added))
+            zero_alias_series(
+                {name: catalog.aliases[name].targets for name in diff.aliases_changed if name in catalog.aliases}
+            )
             count_config_reload("ok")
             log.info("config reload (%s) applied: %s", trigger, diff.describe())
             for replica in removed:

@@ -149,6 +149,22 @@ class AdmissionSettings(_Group):
     max_wait_s: Annotated[float, Field(gt=0)] = 60.0
 
 
+class BatchSettings(_Group):
+    """CITADEL_BATCH_*: the Batch API (/v1/files, /v1/batches; docs/batch.md). A file holds at most `max_file_bytes`
+    and `max_lines` lines; one key at most `key_max_files` files of `key_max_bytes` in all. One runner across the
+    workers sends at most `concurrency` lines at once, at batch priority, checks for work every `poll_s`, and tries a
+    line that failed upstream `max_attempts` times. `enabled` false: no runner in this process."""
+
+    enabled: bool = True
+    max_file_bytes: Annotated[int, Field(ge=1)] = 100 * 1024 * 1024
+    max_lines: Annotated[int, Field(ge=1)] = 50_000
+    key_max_files: Annotated[int, Field(ge=1)] = 100
+    key_max_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024 * 1024
+    concurrency: Annotated[int, Field(ge=1)] = 4
+    poll_s: Annotated[float, Field(gt=0)] = 1.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+
+
 class Settings(BaseSettings):
     """Everything host-specific comes from here; a required secret has no default (fail fast).
 
@@ -221,6 +237,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = QdrantSettings()
     vector: VectorSettings = VectorSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    batch: BatchSettings = BatchSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -252,6 +269,7 @@ GROUPS: dict[str, type[_Group]] = {
     "qdrant": QdrantSettings,
     "vector": VectorSettings,
     "admission": AdmissionSettings,
+    "batch": BatchSettings,
 }
 
 

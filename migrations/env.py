@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.store.db import normalize_url
+from gateway.store import batch_models  # noqa: F401  (its tables join Base.metadata)
 from gateway.store.models import SCHEMA, Base
 
 config = context.config

@@ -94,6 +94,9 @@ def vllm_command(server: ServerSpec, *, weights: str, vllm_python: Path) -> list
         # An explicit KV-cache size; without one vLLM sizes it from NUMA-node memory and may refuse to start.
         "--kv-cache-memory-bytes", str(int(server.kv_cache_gb * 2**30)),
         "--disable-uvicorn-access-log",
+        # vLLM orders its own queue by each request's `priority` (the gateway sends 0 interactive, 1 batch);
+        # first-come first-served otherwise. Before `args`, so a profile's own policy flag wins.
+        "--scheduling-policy", "priority",
         *server.args,
     ]  # fmt: skip
 

@@ -6,6 +6,11 @@ batch work never holds more than capacity - 1 slots (when capacity > 1), so an i
 finds a slot at once or waits for at most one running request. A new arrival goes straight through only when
 nobody of its class (or, for batch, of any class) waits: it does not jump the line.
 
+A key with nothing in flight at the gate never waits behind another key's work: when no slot is free it takes
+the gate's one extra slot, above capacity (one such request at a time per gate). A light key's request then runs
+at once, alongside the flood, instead of waiting for a flood request to finish (measured by bench/fairness.py:
+that wait was most of a light key's latency under a flood); the model server sees at most capacity + 1.
+
 Bounds: the line holds at most `queue_max` requests and one key at most `key_queue_max` (past them: 503
 model_saturated and 429 queue_share_exceeded); nobody waits longer than `max_wait_s` (503 model_saturated); all
 with a Retry-After from the gate's running mean service time. A client that hangs up leaves the line at once.
@@ -49,6 +54,8 @@ class Ticket:
     priority: Priority
     admitted_at: float
     waited_s: float
+    key: str = ""
+    extra: bool = False  # the gate's extra slot (a key with nothing in flight, no free slot)
     released: bool = field(default=False)
 
     def release(self) -> None:
@@ -72,6 +79,8 @@ class Gate:
         self._metrics = metrics
         self.queue = FairQueue()
         self.in_flight: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self.by_key: dict[str, int] = {}  # requests in flight per key (the extra slot's rule)
+        self.extra_in_use = False
         self.service_s = _INITIAL_SERVICE_S
         self.last_capacity: int | None = None
 
@@ -118,7 +127,11 @@ class Gate:
         metrics.capacity.set(capacity or 0)
         if self._nobody_ahead(priority) and self.has_room(priority, capacity):
             self.queue.served_at_once(key=key, weight=weight, priority=priority)
-            return self._admit(model, priority, waited_s=0.0, metrics=metrics)
+            return self._admit(key, model, priority, waited_s=0.0, metrics=metrics)
+        if priority is Priority.INTERACTIVE and not self.extra_in_use and not self.by_key.get(key):
+            self.extra_in_use = True
+            self.queue.served_at_once(key=key, weight=weight, priority=priority)
+            return self._admit(key, model, priority, waited_s=0.0, metrics=metrics, extra=True)
         self._check_bounds(key, model, priority, metrics)
         started = time.monotonic()
         waiter = self.queue.push(key=key, weight=weight, model=model, priority=priority, now=started)
@@ -133,7 +146,7 @@ class Gate:
                 self.queue.remove(waiter)
                 metrics.queued(priority, -1)
             raise
-        return self._admit(model, priority, waited_s=time.monotonic() - started, metrics=metrics, counted=True)
+        return self._admit(key, model, priority, waited_s=time.monotonic() - started, metrics=metrics, counted=True)
 
     def _nobody_ahead(self, priority: Priority) -> bool:
         if priority is Priority.INTERACTIVE:
@@ -193,17 +206,20 @@ class Gate:
 
     def _admit(
         self,
+        key: str,
         model: str,
         priority: Priority,
         *,
         waited_s: float,
         metrics: ModelAdmissionMetrics,
         counted: bool = False,
+        extra: bool = False,
     ) -> Ticket:
-        if not counted:  # a waiter's slot was counted when dispatch() let it through
+        if not counted and not extra:  # a waiter's slot was counted when dispatch() let it through
             self.in_flight[priority] += 1
+        self.by_key[key] = self.by_key.get(key, 0) + 1
         metrics.admitted(priority, waited_s)
-        return Ticket(self, model, priority, time.monotonic(), waited_s)
+        return Ticket(self, model, priority, time.monotonic(), waited_s, key, extra)
 
     def dispatch(self) -> None:
         """Let waiters through while there is room: interactive first, batch only when no interactive waits."""
@@ -220,7 +236,15 @@ class Gate:
             waiter.admitted.set_result(None)
 
     def release(self, ticket: Ticket) -> None:
-        self.in_flight[ticket.priority] -= 1
+        if ticket.extra:
+            self.extra_in_use = False
+        else:
+            self.in_flight[ticket.priority] -= 1
+        left = self.by_key[ticket.key] - 1
+        if left:
+            self.by_key[ticket.key] = left
+        else:
+            del self.by_key[ticket.key]
         self._metrics(ticket.model).in_flight.dec()
         duration = time.monotonic() - ticket.admitted_at
         self.service_s += _SERVICE_SMOOTHING * (duration - self.service_s)

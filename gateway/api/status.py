@@ -32,7 +32,8 @@ def status_router(*, public_data: bool) -> APIRouter:
 
     @router.get(STATUS_DATA_PATH, dependencies=[Depends(data_guard)], include_in_schema=False)
     async def status_data(request: Request) -> Response:
-        """Per model: health, requests, p50/p95 against the target, tokens/s, error rate, cache hits."""
+        """Per model: health, requests, p50/p95 against the target, tokens/s, error rate, cache hits, and the
+        admission queue now (capacity, in flight, waiting per class, saturated)."""
         body = orjson.dumps(services_of(request.app).status_board.data())
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 

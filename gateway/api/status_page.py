@@ -22,6 +22,7 @@ th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
 th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475;background:#fafbfc}
 .health{display:inline-block;padding:2px 9px;border-radius:10px;font-size:12px;font-weight:600;color:#fff}
 .up{background:#1f8a4c}.degraded{background:#c77c02}.down{background:#c62828}.unknown{background:#8a93a3}
+.saturated{background:#6a3fa0;margin-left:6px}
 .over{color:#c62828;font-weight:600}.ok{color:#1f8a4c}.muted{color:#8a93a3}
 #message{margin:12px 0;color:#c62828}#keyform{margin:16px 0;display:none}#keyform input{width:320px;padding:6px}
 footer{padding:0 24px 20px;color:#5b6475;font-size:12px}
@@ -39,6 +40,15 @@ function cell(row, text, cls) {
 }
 function ms(v) { return v === null ? "-" : (v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms"); }
 function pct(v) { return v === null ? "-" : (100 * v).toFixed(1) + " %"; }
+function admission(row, a) {
+  if (a === null) { cell(row, "-", "muted"); cell(row, "-", "muted"); return; }
+  const load = cell(row, a.in_flight + " / " + (a.capacity === null ? "-" : a.capacity));
+  if (a.saturated) {
+    const badge = document.createElement("span"); badge.className = "health saturated";
+    badge.textContent = "saturated"; load.append(" ", badge);
+  }
+  cell(row, a.waiting.interactive + " / " + a.waiting.batch, a.waiting.interactive > 0 ? "over" : "");
+}
 function render(data) {
   const body = $("models"); body.replaceChildren();
   for (const m of data.models) {
@@ -53,6 +63,7 @@ function render(data) {
     cell(row, m.tokens_per_s === null ? "-" : m.tokens_per_s.toFixed(1));
     cell(row, pct(m.error_rate), m.error_rate > 0.05 ? "over" : "");
     cell(row, pct(m.cache_hit_ratio));
+    admission(row, m.admission);
   }
   $("window").textContent = "last " + Math.round(data.window_s) + " s (window up to " +
     Math.round(data.window_max_s / 60) + " min)";
@@ -89,10 +100,13 @@ BODY = """<header><h1>Citadel LLM Server</h1><span>Model status</span><span id="
 <form id="keyform"><label>API key <input id="key" type="password" autocomplete="off"></label>
 <button type="submit">Show status</button></form>
 <table><thead><tr><th>Model</th><th>Health</th><th>Requests</th><th>p50</th><th>p95</th><th>Target</th>
-<th>Tokens/s</th><th>Error rate</th><th>Cache hits</th></tr></thead><tbody id="models"></tbody></table>
+<th>Tokens/s</th><th>Error rate</th><th>Cache hits</th><th>In flight</th><th>Waiting</th></tr></thead>
+<tbody id="models"></tbody></table>
 </main>
 <footer>Latency, tokens/s, error rate (5xx) and cache hits over the <span id="window">last minutes</span>,
-all gateway workers together; refreshes every few seconds.</footer>"""
+all gateway workers together; refreshes every few seconds. In flight and waiting are now: requests at the
+model's servers / the gateway's capacity for them, and requests queued at the gateway, interactive / batch
+(docs/capacity.md).</footer>"""
 
 HTML = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -89,6 +89,16 @@ class ModelAdmissionMetrics:
         self._outcomes[(priority, outcome)].inc()
 
 
+def zero_alias_series(aliases: dict[str, tuple[str, ...]]) -> None:
+    """Create each alias's series at 0 (alias -> its targets), so dashboards and `increase()` see them before the
+    first request to the alias."""
+    for alias, targets in aliases.items():
+        for target in targets:
+            ALIAS_ROUTED.labels(alias, target)
+            for reason in FALLBACK_REASONS:
+                FALLBACKS.labels(alias, target, reason)
+
+
 def count_alias(choice: AliasChoice) -> None:
     """A request to an alias: the target that took it, and each target passed over with its reason."""
     ALIAS_ROUTED.labels(choice.alias, choice.target.name).inc()

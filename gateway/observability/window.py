@@ -2,7 +2,8 @@
 
 Every worker keeps a ring buffer of snapshots of the aggregated registry (every worker's values, see
 exposition.py), one every few seconds; a window's figures are the difference between the newest snapshot
-and the oldest one inside the window, so whichever worker answers shows the same global view.
+and the oldest one inside the window, so whichever worker answers shows the same global view. The admission
+queue's figures (capacity, in flight, waiting) are gauges: read as they are now, summed over the live workers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from prometheus_client import Metric
 
+from ..admission.priority import Priority
 from ..catalog import Catalog
 from .exposition import scrape_registry
 from .metrics import LATENCY_BUCKETS
@@ -26,6 +28,7 @@ from .metrics import LATENCY_BUCKETS
 log = logging.getLogger(__name__)
 
 BOUNDS = (*LATENCY_BUCKETS, math.inf)
+PRIORITIES = tuple(priority.value for priority in Priority)
 
 
 @dataclass
@@ -40,17 +43,28 @@ class ModelCounts:
     cache_misses: float = 0.0
 
 
+@dataclass(slots=True)
+class ModelQueue:
+    """One model's admission gauges at one moment, summed over the live workers (each worker has its own gate)."""
+
+    capacity: float | None = None  # None: no gauge yet (admission off, or no request to the model so far)
+    in_flight: float = 0.0
+    waiting: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0.0))
+
+
 @dataclass
 class Snapshot:
     at: float
     models: dict[str, ModelCounts]
     replicas: dict[str, dict[str, float]]  # model -> replica -> 1 up / 0 down
+    queues: dict[str, ModelQueue] = field(default_factory=dict)
 
 
 def snapshot(metrics: Iterable[Metric], *, at: float) -> Snapshot:
     """Sum the samples the status page needs, per model, over endpoints and workers."""
     models: dict[str, ModelCounts] = {}
     replicas: dict[str, dict[str, float]] = {}
+    queues: dict[str, ModelQueue] = {}
     index = {_le(bound): i for i, bound in enumerate(BOUNDS)}
     for metric in metrics:
         for sample in metric.samples:
@@ -60,6 +74,9 @@ def snapshot(metrics: Iterable[Metric], *, at: float) -> Snapshot:
                 continue
             if name == "citadel_llm_replica_up":
                 replicas.setdefault(model, {})[labels.get("replica", "")] = value
+                continue
+            if name in _QUEUE_GAUGES:
+                _add_queue_sample(queues.setdefault(model, ModelQueue()), name, labels, value)
                 continue
             counts = models.get(model)
             if counts is None:
@@ -79,7 +96,25 @@ def snapshot(metrics: Iterable[Metric], *, at: float) -> Snapshot:
                     counts.cache_hits += value
                 else:
                     counts.cache_misses += value
-    return Snapshot(at=at, models=models, replicas=replicas)
+    return Snapshot(at=at, models=models, replicas=replicas, queues=queues)
+
+
+_QUEUE_GAUGES = frozenset(
+    {"citadel_llm_admission_capacity", "citadel_llm_admission_in_flight", "citadel_llm_queue_depth"}
+)
+
+
+def _add_queue_sample(queue: ModelQueue, name: str, labels: dict[str, str], value: float) -> None:
+    # Summed: in multiprocess mode the gauges are already one sample per model (livesum); a registry that
+    # still carries a `pid` label per worker adds up the same way.
+    if name == "citadel_llm_admission_capacity":
+        queue.capacity = (queue.capacity or 0.0) + value
+    elif name == "citadel_llm_admission_in_flight":
+        queue.in_flight += value
+    else:
+        priority = labels.get("priority", "")
+        if priority in queue.waiting:
+            queue.waiting[priority] += value
 
 
 def _le(bound: float) -> str:
@@ -182,7 +217,30 @@ class StatusBoard:
             "tokens_per_s": round((new.completion_tokens - old.completion_tokens) / seconds, 2) if seconds else None,
             "error_rate": round((new.errors - old.errors) / requests, 4) if requests else None,
             "cache_hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            "admission": _admission(now.queues.get(name)),
         }
+
+
+def _admission(queue: ModelQueue | None) -> dict[str, Any] | None:
+    """Capacity, in flight, waiting per class and saturated, all workers together; None without figures
+    (admission off, or no request to the model yet).
+
+    Saturated as readiness says it (gateway/admission/gate.py): an interactive request would wait now, because
+    interactive ones already wait or every slot is taken. Capacity 0 means no replica in rotation (requests are
+    not held then: they get the pool's 503 at once), so it shows as unknown and never as saturated.
+    """
+    if queue is None:
+        return None
+    capacity = int(queue.capacity) if queue.capacity else None
+    in_flight = int(queue.in_flight)
+    waiting = {priority: int(count) for priority, count in queue.waiting.items()}
+    full = capacity is not None and in_flight >= capacity
+    return {
+        "capacity": capacity,
+        "in_flight": in_flight,
+        "waiting": waiting,
+        "saturated": waiting[Priority.INTERACTIVE.value] > 0 or full,
+    }
 
 
 def _health(replicas: dict[str, float] | None) -> str:

@@ -173,6 +173,9 @@ def plan(env: Mapping[str, str], *, allowed_cpus: int, demo_dir: Path, embed_dir
         # Explicit: without it vLLM sizes the cache from the NUMA node's memory, not the container's limit.
         "--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30)),
         "--disable-uvicorn-access-log",
+        # vLLM orders its own queue by each request's `priority` (the gateway sends 0 interactive, 1 batch);
+        # first-come first-served otherwise. CITADEL_VLLM_EXTRA_ARGS come last and may set another policy.
+        "--scheduling-policy", "priority",
         *extra,
         *tool_call_args(parser, chat_template_path(template)),
         *shlex.split(env.get("CITADEL_VLLM_EXTRA_ARGS", "")),

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from gateway.cli import main as citadel
+from gateway.store import batch_models  # noqa: F401  (its tables join Base.metadata)
 from gateway.store.db import asyncpg_dsn
 from gateway.store.migrate import ALEMBIC_INI, MigrationError, downgrade, migrate
 from gateway.store.models import SCHEMA, ApiKey, Base
@@ -162,6 +163,54 @@ async def test_0005_gives_existing_keys_the_interactive_class_and_checks_both_fi
     assert not {"priority", "queue_weight"} & columns and "vector_quota_documents" in columns
     checks = await inspect_db(fresh_engine, live_constraints)
     assert checks["checks"] == {"ck_api_keys_role", "ck_feedback_rating", "ck_audit_log_kind"}
+
+
+async def test_0006_makes_the_batch_tables_with_checks_and_cascades_and_drops_only_them(
+    fresh_url: str, fresh_engine: AsyncEngine
+) -> None:
+    await migrate(fresh_url, revision="0005", echo=Lines())
+    before = await inspect_db(fresh_engine, live_constraints)
+    assert await migrate(fresh_url, revision="0006", echo=Lines()) == "0006"
+    key = "gen_random_uuid()"
+    async with fresh_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO llm.files (id, key_id, purpose, filename, bytes, lines) "
+                f"VALUES ('file-a', {key}, 'batch', 'a.jsonl', 3, 1)"
+            )
+        )
+        await connection.execute(text("INSERT INTO llm.file_chunks VALUES ('file-a', 0, 'abc')"))
+        await connection.execute(
+            text(
+                "INSERT INTO llm.batches (id, key_id, endpoint, input_file_id, completion_window, status) "
+                f"VALUES ('batch_a', {key}, '/v1/embeddings', 'file-a', '24h', 'validating')"
+            )
+        )
+        await connection.execute(
+            text("INSERT INTO llm.batch_lines (batch_id, line_no, custom_id, body) VALUES ('batch_a', 1, 'c1', '{}')")
+        )
+        row = (await connection.execute(text("SELECT total, completed, failed FROM llm.batches"))).one()
+        line = (await connection.execute(text("SELECT status, attempts FROM llm.batch_lines"))).one()
+    assert tuple(row) == (0, 0, 0) and tuple(line) == ("pending", 0)
+    for statement in (
+        "UPDATE llm.files SET purpose = 'fine-tune'",
+        "UPDATE llm.batches SET status = 'running'",
+        "UPDATE llm.batches SET endpoint = '/v1/responses'",
+        "UPDATE llm.batch_lines SET status = 'lost'",
+        "INSERT INTO llm.file_chunks VALUES ('file-missing', 0, 'x')",
+    ):
+        with pytest.raises(IntegrityError):
+            async with fresh_engine.begin() as connection:
+                await connection.execute(text(statement))
+    async with fresh_engine.begin() as connection:
+        await connection.execute(text("DELETE FROM llm.files"))
+        await connection.execute(text("DELETE FROM llm.batches"))
+        left = await connection.scalar(
+            text("SELECT (SELECT count(*) FROM llm.file_chunks) + (SELECT count(*) FROM llm.batch_lines)")
+        )
+    assert left == 0  # the chunks and lines went with their file and batch
+    assert await downgrade(fresh_url, "0005", echo=Lines()) == "0005"
+    assert await inspect_db(fresh_engine, live_constraints) == before
 
 
 async def test_migrate_twice_changes_nothing(fresh_url: str, fresh_engine: AsyncEngine) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from gateway.audit.record import AuditRecord
 from gateway.audit.writer import AuditLog
 from gateway.store.audit_queries import usage
+from gateway.store import batch_models  # noqa: F401  (the Batch API's tables: in Base.metadata too)
 from gateway.store.db import asyncpg_dsn, create_engine
 from gateway.store.migrate import downgrade, migrate
 from gateway.store.models import BOOTSTRAP_ADMIN_ID, NO_KEY, SCHEMA, Base
@@ -214,12 +215,15 @@ async def test_migrated_schema_matches_the_models(url: str, engine: AsyncEngine)
     async with engine.connect() as connection:
         diffs = await connection.run_sync(_differences)
     await migrate(url, echo=lambda _line: None)  # back to head first: the other tests need it, whatever the outcome
-    # 0001 lacks exactly what later revisions add: the usage_daily and feedback tables, indexes (0002, 0003), and
-    # the per-key control limit and vector quota columns of api_keys (0004).
-    assert {diff[1].name for diff in diffs if diff[0] == "add_table"} == {"usage_daily", "feedback"}, diffs
+    # 0001 lacks exactly what later revisions add: the usage_daily and feedback tables, indexes (0002, 0003), the
+    # per-key control limit and vector quota columns of api_keys (0004), a key's admission class and weight (0005),
+    # and the Batch API's tables (0006).
+    tables = {diff[1].name for diff in diffs if diff[0] == "add_table"}
+    assert tables == {"usage_daily", "feedback", "files", "file_chunks", "batches", "batch_lines"}, diffs
     assert {diff[0] for diff in diffs} == {"add_table", "add_index", "add_column"}, diffs
     added = {diff[3].name for diff in diffs if diff[0] == "add_column"}
-    assert added == {"control_requests_per_minute", "vector_quota_collections", "vector_quota_documents"}, diffs
+    expected = {"control_requests_per_minute", "vector_quota_collections", "vector_quota_documents"}
+    assert added == expected | {"priority", "queue_weight"}, diffs
 
 
 @pytest.mark.parametrize("model", ["", None])

@@ -71,7 +71,7 @@ class Line:
 async def test_a_free_slot_admits_at_once_and_a_full_gate_makes_requests_wait_their_turn() -> None:
     line = Line(make_gate(2))
     for name in ("a", "b", "c"):
-        await line.enter(name, key=name)
+        await line.enter(name, key="k")
     assert line.order == ["a", "b"]  # c waits
     assert line.tickets["a"].waited_s == 0
     await line.finish("a")
@@ -108,16 +108,37 @@ async def test_batch_waits_while_interactive_work_waits_and_never_takes_the_last
     assert line.order == ["batch0", "batch1"]  # batch holds at most capacity - 1 slots
     await line.enter("chat", key="user")
     assert line.order[-1] == "chat"  # the slot batch left free: no wait at all
-    await line.enter("chat2", key="user")
-    await line.enter("chat3", key="user2")
-    await line.finish("batch0")
-    # Interactive first, although batch2 waited longer; user2 before user, whose "chat" was served already.
+    await line.enter("chat2", key="user")  # user has one in flight: it waits
+    assert line.order[-1] == "chat"
+    await line.enter("chat3", key="user2")  # nothing in flight: the gate's extra slot, at once
     assert line.order[-1] == "chat3"
+    await line.finish("batch0")
+    assert line.order[-1] == "chat2"  # interactive first, although batch2 waited longer
     await line.finish("chat")
-    assert line.order[-1] == "chat2"
     await line.finish("chat2")
-    await line.finish("chat3")
     assert line.order[-1] == "batch2"
+
+
+async def test_a_key_with_nothing_in_flight_takes_the_one_extra_slot_instead_of_waiting() -> None:
+    gate = make_gate(2)
+    line = Line(gate)
+    for index in range(4):
+        await line.enter(f"flood{index}", key="flood")
+    assert line.order == ["flood0", "flood1"]
+    await line.enter("light", key="light")
+    assert line.order[-1] == "light" and line.tickets["light"].waited_s == 0  # above capacity, by one
+    await line.enter("light2", key="light")  # light has one in flight now: it queues
+    await line.enter("other", key="other")  # the extra slot is taken: it queues too
+    assert line.order[-1] == "light"
+    await line.finish("light")  # the extra slot freed lets nobody in: it is only ever taken by arrivals
+    assert line.order[-1] == "light"
+    await line.finish("flood0")
+    assert line.order[-1] == "other"  # fair order: "other" had nothing served yet
+    await line.finish("flood1")
+    await line.finish("other")
+    # light2 and flood2 tie (each key had one served), flood3 comes after both.
+    assert set(line.order[-2:]) == {"light2", "flood2"}
+    assert gate.in_flight[INTERACTIVE] == 2 and not gate.extra_in_use
 
 
 async def test_a_gate_of_one_slot_still_runs_batch_work_when_nothing_interactive_waits() -> None:
@@ -130,9 +151,9 @@ async def test_a_full_queue_answers_503_model_saturated_with_a_retry_after() -> 
     gate = make_gate(1, queue_max=2)
     line = Line(gate)
     for name in ("run", "w1", "w2"):
-        await line.enter(name, key=name)
+        await line.enter(name, key="k")
     with pytest.raises(ModelSaturated) as raised:
-        await gate.enter(key="late", weight=1, model="m", priority=INTERACTIVE)
+        await gate.enter(key="k", weight=1, model="m", priority=INTERACTIVE)
     assert raised.value.status_code == 503
     assert raised.value.code == "model_saturated"
     assert int(raised.value.headers["Retry-After"]) >= 1
@@ -149,7 +170,8 @@ async def test_a_key_past_its_share_of_the_queue_gets_429_while_other_keys_still
     assert raised.value.status_code == 429
     assert raised.value.code == "queue_share_exceeded"
     assert "Retry-After" in raised.value.headers
-    await line.enter("polite", key="polite")  # another key is not refused
+    await line.enter("polite", key="polite")  # another key is not refused (it takes the extra slot)
+    await line.enter("polite2", key="polite")
     assert gate.queue.waiting() == 3
     await line.drain()
 
@@ -160,7 +182,7 @@ async def test_a_request_that_waits_past_the_longest_wait_gets_503_and_leaves_th
     await line.enter("run", key="a")
     started = time.monotonic()
     with pytest.raises(ModelSaturated):
-        await gate.enter(key="b", weight=1, model="m", priority=INTERACTIVE)
+        await gate.enter(key="a", weight=1, model="m", priority=INTERACTIVE)
     assert 0.25 < time.monotonic() - started < 2
     assert gate.queue.waiting() == 0
 
@@ -171,7 +193,7 @@ async def test_a_client_that_hangs_up_leaves_the_line_at_once() -> None:
     await line.enter("run", key="a")
     hung_up = asyncio.Event()
     waiting = asyncio.create_task(
-        gate.enter(key="b", weight=1, model="m", priority=INTERACTIVE, disconnected=hung_up.wait)
+        gate.enter(key="a", weight=1, model="m", priority=INTERACTIVE, disconnected=hung_up.wait)
     )
     await settle()
     assert gate.queue.waiting() == 1
@@ -187,9 +209,9 @@ async def test_a_request_cancelled_just_after_it_was_let_through_gives_its_slot_
     gate = make_gate(1)
     line = Line(gate)
     await line.enter("run", key="a")
-    first = asyncio.create_task(gate.enter(key="b", weight=1, model="m", priority=INTERACTIVE))
+    first = asyncio.create_task(gate.enter(key="a", weight=1, model="m", priority=INTERACTIVE))
     await settle()
-    await line.enter("next", key="c")
+    await line.enter("next", key="a")
     line.tickets["run"].release()  # lets `first` through ...
     first.cancel()  # ... which is cancelled before it runs again
     with pytest.raises(asyncio.CancelledError):
@@ -214,7 +236,7 @@ async def test_a_waiter_is_let_through_when_capacity_grows_without_a_release() -
         metrics=ModelAdmissionMetrics,
     )
     held = await gate.enter(key="a", weight=1, model="m", priority=INTERACTIVE)
-    waiting = asyncio.create_task(gate.enter(key="b", weight=1, model="m", priority=INTERACTIVE))
+    waiting = asyncio.create_task(gate.enter(key="a", weight=1, model="m", priority=INTERACTIVE))
     await settle()
     capacity[0] = 2  # a replica came back
     ticket = await asyncio.wait_for(waiting, 2)

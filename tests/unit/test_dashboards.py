@@ -43,6 +43,26 @@ GATEWAY_METRICS = {
     "citadel_llm_qdrant_failures_total",
     "citadel_llm_cost_total",
     "citadel_llm_feedback_total",
+    # The admission queue and model aliases (gateway/observability/admission_metrics.py).
+    "citadel_llm_queue_depth",
+    "citadel_llm_queue_wait_seconds",
+    "citadel_llm_admission_total",
+    "citadel_llm_admission_in_flight",
+    "citadel_llm_admission_capacity",
+    "citadel_llm_alias_requests_total",
+    "citadel_llm_alias_fallbacks_total",
+}
+# The outcomes of citadel_llm_admission_total that shed a request (SHED_OUTCOMES in admission_metrics.py).
+SHED_OUTCOMES = ("queue_full", "key_share", "timeout")
+# Issue 16 part 5: what both dashboards show of the admission queue and the aliases.
+CAPACITY_METRICS = {
+    "citadel_llm_queue_depth",
+    "citadel_llm_queue_wait_seconds_bucket",
+    "citadel_llm_admission_total",
+    "citadel_llm_admission_in_flight",
+    "citadel_llm_admission_capacity",
+    "citadel_llm_alias_requests_total",
+    "citadel_llm_alias_fallbacks_total",
 }
 VLLM_METRICS = {
     "vllm:num_requests_running",
@@ -165,3 +185,14 @@ def test_dashboards_show_the_anomaly_z_scores_and_alerts() -> None:
         queries = [expr for where, expr in dashboard_queries() if where.startswith(f"{file}: ")]
         assert zscores <= set().union(*(metric_names(expr) for expr in queries)), file
         assert anomaly_alerts <= set().union(*(shown_alerts(expr) for expr in queries)), file
+
+
+def test_dashboards_show_the_admission_queue_and_the_aliases() -> None:
+    for file in dashboards():
+        queries = [expr for where, expr in dashboard_queries() if where.startswith(f"{file}: ")]
+        assert set().union(*(metric_names(expr) for expr in queries)) >= CAPACITY_METRICS, file
+        # The wait is read per class, as a quantile of the histogram; shed reasons are the metric's outcomes.
+        waits = [expr for expr in queries if "citadel_llm_queue_wait_seconds_bucket" in expr]
+        assert waits and all("histogram_quantile(" in expr and "priority" in expr for expr in waits), file
+    overview = [expr for where, expr in dashboard_queries() if where.startswith("overview.json: Shed")]
+    assert overview and all(outcome in overview[0] for outcome in SHED_OUTCOMES)

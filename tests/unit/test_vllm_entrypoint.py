@@ -34,6 +34,8 @@ def test_weights_mode_serves_the_mounted_model_with_the_models_file_settings() -
     assert _flag(result.args, "--max-model-len") == "32768"
     assert _flag(result.args, "--kv-cache-memory-bytes") == str(16 * 2**30)
     assert "--enforce-eager" not in result.args
+    # vLLM orders its own queue by the gateway's priority classes (gateway/admission/priority.py).
+    assert _flag(result.args, "--scheduling-policy") == "priority"
     # The env variable would override the flag, so it is removed from vLLM's environment.
     assert "VLLM_CPU_KVCACHE_SPACE" in result.unset
 
