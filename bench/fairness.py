@@ -1,10 +1,11 @@
 """Fairness benchmark: a light key's latency and two keys' throughput shares under a flood, on the real demo vLLM.
 
-Run from the repo root: `python -m bench.fairness [--runs N] [--concurrency 2 ...]` (`make bench-fairness`).
+Run from the repo root: `python -m bench.fairness [--runs N] [--concurrency 7 ...]` (`make bench-fairness`).
 It starts the local stack as `make run` does (`python -m services.stack`: PostgreSQL, Redis, the demo chat and
 embedding vLLM CPU servers; data kept in .cache/citadel-bench-fairness), then gateways of its own on the stack's
-servers: one with the admission queue off (CITADEL_ADMISSION_ENABLED=false) and one with it on per
-CITADEL_ADMISSION_CONCURRENCY given (each gateway its own Redis database, so no queue state is shared). Two user
+servers: one with the admission queue off (CITADEL_ADMISSION_ENABLED=false) and one with it on per concurrency
+given (the demo servers' `max_concurrency` in a copy of config/models.yaml; each gateway its own Redis database,
+so no queue state is shared). Two user
 keys with no rate limits send the request below (max_tokens 16, temperature 0.7: no cache answers it) to one model.
 Per run:
   A  latency   the light key, 1 request at a time: (a) alone, (b) while the flooding key keeps 32 requests in
@@ -35,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import yaml
 
 from bench.stats import Goal, judge, verdict_line
 from services.postgres import LocalPostgres
@@ -220,7 +222,7 @@ def start_stack(stack: ExitStack, args: argparse.Namespace) -> dict[str, str]:
     password = (CACHE / "postgres.password").read_text().strip()
     database = LocalPostgres(CACHE / "postgres", ports["postgres"], password=password).url
     settings = {"off": {"CITADEL_ADMISSION_ENABLED": "false"}} | {
-        f"on-c{c}": {"CITADEL_ADMISSION_ENABLED": "true", "CITADEL_ADMISSION_CONCURRENCY": str(c)}
+        f"on-c{c}": {"CITADEL_ADMISSION_ENABLED": "true", "CITADEL_CONFIG_PATH": str(models_file(c))}
         for c in args.concurrency
     }
     gateways = {}
@@ -247,6 +249,17 @@ def start_stack(stack: ExitStack, args: argparse.Namespace) -> dict[str, str]:
         stack.callback(processes.stop, process)
         gateways[name] = url
     return gateways | {"admin": f"http://127.0.0.1:{ports['gateway']}"}
+
+
+def models_file(concurrency: int) -> Path:
+    """config/models.yaml with the local profile's servers admitting `concurrency` requests at once (their
+    `max_concurrency`, which the models they serve take over CITADEL_ADMISSION_CONCURRENCY)."""
+    raw = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())
+    for server in raw["profiles"]["local"]["servers"].values():
+        server["max_concurrency"] = concurrency
+    path = CACHE / f"models-c{concurrency}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def create_keys(admin_url: str) -> dict[str, str]:
@@ -315,7 +328,11 @@ def main() -> int:
     parser.add_argument("--flood", type=int, default=32, help="requests in flight of the flooding key")
     parser.add_argument("--small-flood", type=int, default=4, help="requests in flight of the second key in B")
     parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[2], help="CITADEL_ADMISSION_CONCURRENCY of the queue-on gateways"
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[7],
+        help="requests at once the queue-on gateways admit to the demo chat server (its max_concurrency; shipped: 7)",
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that the stack is stopped

@@ -137,6 +137,9 @@ class ServerSpec(BaseModel):
     max_model_len: int
     kv_cache_gb: float = 1
     cpus: float | None = None
+    # Requests at once the gateway's admission queue lets through to this server (its models' max_concurrency);
+    # with vLLM's --max-num-seqs N, N - 1 leaves a seat for the one request a gate may admit above it.
+    max_concurrency: int | None = Field(None, ge=1)
     # Set from the fields below (tool_call_args) and the profile's own `args`: everything stack.py adds to the
     # vLLM command beyond the model, names, address, context and KV cache.
     args: list[str] = []
@@ -282,6 +285,7 @@ def _apply_profile(
                 # What the server that answers runs decides what a request may ask for.
                 "tool_call_parser": serving.tool_call_parser,
                 "chat_template": serving.chat_template,
+                "max_concurrency": serving.max_concurrency or spec.max_concurrency,
             }
         )
     return rewired, servers

@@ -21,7 +21,7 @@ PATH = "/v1/files"
 # file's own limit may arrive before the upload parser (which bounds the file exactly) has its say.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
-router = APIRouter(prefix=PATH, tags=["files"], responses=errors(*KEYED_ERRORS, 404))
+router = APIRouter(prefix=PATH, tags=["files"], responses=errors(*KEYED_ERRORS, 403, 404))
 
 Caller = Annotated[Principal, Depends(require(Permission.INFERENCE))]
 FileId = Annotated[str, Path(max_length=64)]
