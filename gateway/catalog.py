@@ -238,6 +238,7 @@ def _default_servers(models: dict[str, ModelSpec]) -> list[ServerSpec]:
             max_model_len=spec.max_model_len,
             kv_cache_gb=spec.kv_cache_gb,
             cpus=spec.cpus,
+            max_concurrency=spec.max_concurrency,
             args=[
                 *(["--runner", "pooling"] if spec.kind == "embedding" else []),
                 *tool_call_args(spec.tool_call_parser, spec.chat_template),

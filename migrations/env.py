@@ -18,8 +18,8 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.store.db import normalize_url
 from gateway.store import batch_models  # noqa: F401  (its tables join Base.metadata)
+from gateway.store.db import normalize_url
 from gateway.store.models import SCHEMA, Base
 
 config = context.config

@@ -26,6 +26,8 @@ th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#5b6475;ba
 .over{color:#c62828;font-weight:600}.ok{color:#1f8a4c}.muted{color:#8a93a3}
 #message{margin:12px 0;color:#c62828}#keyform{margin:16px 0;display:none}#keyform input{width:320px;padding:6px}
 footer{padding:0 24px 20px;color:#5b6475;font-size:12px}
+h2{font-size:16px;margin:26px 0 8px}#batchsection{display:none}#batchnote{margin:0 0 8px}
+#batchsection th:nth-child(3),#batchsection td:nth-child(3){text-align:left}
 """
 
 SCRIPT = """
@@ -49,6 +51,20 @@ function admission(row, a) {
   }
   cell(row, a.waiting.interactive + " / " + a.waiting.batch, a.waiting.interactive > 0 ? "over" : "");
 }
+function batches(b) {
+  const body = $("batches"); body.replaceChildren();
+  $("batchsection").style.display = b === null || b === undefined ? "none" : "block";
+  if (!b) return;
+  if (!b.available) { $("batchnote").textContent = "The database did not answer; batches unknown."; return; }
+  const listed = {all: "", own: ": this key's are listed", none: ": a key lists them"}[b.scope];
+  $("batchnote").textContent = b.running + " batch" + (b.running === 1 ? "" : "es") + " running" + listed;
+  for (const x of b.batches) {
+    const row = body.insertRow(); row.dataset.batch = x.id;
+    cell(row, x.id); cell(row, x.endpoint); cell(row, x.status);
+    cell(row, x.completed + " / " + x.failed + " / " + x.total, x.failed > 0 ? "over" : "");
+    cell(row, new Date(x.created_at * 1000).toLocaleString());
+  }
+}
 function render(data) {
   const body = $("models"); body.replaceChildren();
   for (const m of data.models) {
@@ -65,6 +81,7 @@ function render(data) {
     cell(row, pct(m.cache_hit_ratio));
     admission(row, m.admission);
   }
+  batches(data.batches);
   $("window").textContent = "last " + Math.round(data.window_s) + " s (window up to " +
     Math.round(data.window_max_s / 60) + " min)";
   $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
@@ -102,11 +119,14 @@ BODY = """<header><h1>Citadel LLM Server</h1><span>Model status</span><span id="
 <table><thead><tr><th>Model</th><th>Health</th><th>Requests</th><th>p50</th><th>p95</th><th>Target</th>
 <th>Tokens/s</th><th>Error rate</th><th>Cache hits</th><th>In flight</th><th>Waiting</th></tr></thead>
 <tbody id="models"></tbody></table>
+<section id="batchsection"><h2>Batches</h2><p id="batchnote" class="muted"></p>
+<table><thead><tr><th>Batch</th><th>Endpoint</th><th>Status</th><th>Completed / failed / total</th><th>Created</th>
+</tr></thead><tbody id="batches"></tbody></table></section>
 </main>
 <footer>Latency, tokens/s, error rate (5xx) and cache hits over the <span id="window">last minutes</span>,
 all gateway workers together; refreshes every few seconds. In flight and waiting are now: requests at the
 model's servers / the gateway's capacity for them, and requests queued at the gateway, interactive / batch
-(docs/capacity.md).</footer>"""
+(docs/capacity.md). Batches: those not over yet, oldest first, at most 20 (docs/batch.md).</footer>"""
 
 HTML = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -11,6 +11,9 @@ Failures: a 429 (the key's own limits: batches spend the key's budget) or a 503 
 queue is full) waits its Retry-After and retries without counting an attempt; other 5xx (upstream errors,
 timeouts, unavailable) are tried up to `max_attempts` times with a backoff, then the line fails with its error;
 a 4xx fails the line at once (the same request would fail again).
+
+Metrics (gateway/observability/batch_metrics.py): the leader sets the batch gauges at most once a poll; a line is
+counted by the write that recorded it, so a line re-run after a crash is counted once too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..auth import Principal
 from ..errors import NotFound
 from ..errors_backends import is_connection_error
+from ..observability import batch_metrics
+from ..observability.batch_status import batch_counts
 from ..services import Services
 from ..settings import BatchSettings
 from ..store.batch_models import BatchRecord
@@ -75,9 +81,11 @@ class BatchRunner:
         self._paused_until: dict[str, float] = {}  # a key (429) or a batch (503 saturated): monotonic time
         self._principals: dict[uuid.UUID, _Known] = {}
         self._wake = asyncio.Event()
+        self._counted_at = -math.inf  # when the batch gauges were last set (monotonic)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
+        batch_metrics.zero_series()
         task = asyncio.create_task(self._run(), name="batch-runner")
         try:
             yield
@@ -96,9 +104,12 @@ class BatchRunner:
                     await self._acquire(connection)
                     log.info("batch runner: leading")
                     self.leading = True
+                    batch_metrics.set_leading(True)
+                    self._counted_at = -math.inf
                     await self._lead(connection)
                 finally:
                     self.leading = False
+                    batch_metrics.set_leading(False)
                     await self._stop_lines()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(connection.close(), timeout=5)
@@ -137,6 +148,7 @@ class BatchRunner:
         """One pass over the batches that are not over, oldest first."""
         async with self.sessions() as session:
             active = await rows.in_status(session, rows.ACTIVE)
+            await self._count(session)
         now = datetime.now(UTC)
         for batch in active:
             try:
@@ -166,6 +178,14 @@ class BatchRunner:
                 await self._close(batch, "expired", source=("in_progress",))
         else:
             await self._feed(batch, busy=busy)
+
+    async def _count(self, session: AsyncSession) -> None:
+        """The batch gauges, at most once a poll (a tick also runs each time a line finishes)."""
+        if time.monotonic() - self._counted_at < self.settings.poll_s:
+            return
+        counts = await batch_counts(session)
+        batch_metrics.set_batch_counts(counts.by_status, pending_lines=counts.pending_lines)
+        self._counted_at = time.monotonic()
 
     def _busy(self, batch_id: str) -> bool:
         return any(key[0] == batch_id for key in self._inflight)
@@ -232,7 +252,10 @@ class BatchRunner:
             if principal is None:
                 error = {"code": "key_revoked", "message": "The batch's API key is revoked or expired."}
                 async with self.sessions() as session:
-                    await rows.finish_line(session, line, done=False, response=None, error=_json(error), attempted=0)
+                    if await rows.finish_line(
+                        session, line, done=False, response=None, error=_json(error), attempted=0
+                    ):
+                        batch_metrics.count_line(batch.endpoint, done=False)
                 return
             outcome = await run_line(
                 self.services, self.app, endpoint_path=batch.endpoint, line=line, principal=principal
@@ -258,18 +281,20 @@ class BatchRunner:
             return
         async with self.sessions() as session:
             if status == 200:
-                await rows.finish_line(
+                if await rows.finish_line(
                     session, line, done=True, response=_json(outcome.response_json()), error=None, attempted=1
-                )
+                ):
+                    batch_metrics.count_line(batch.endpoint, done=True)
                 return
             if status >= 500 and line.attempts + 1 < self.settings.max_attempts:
                 await rows.count_attempt(session, line)
                 self._retry_at[key] = time.monotonic() + min(2.0**line.attempts, MAX_BACKOFF_S)
                 return
             error = {"code": code or f"http_{status}", "message": _message(outcome.body)}
-            await rows.finish_line(
+            if await rows.finish_line(
                 session, line, done=False, response=_json(outcome.response_json()), error=_json(error), attempted=1
-            )
+            ):
+                batch_metrics.count_line(batch.endpoint, done=False)
 
     async def _close(self, batch: BatchRecord, final: str, *, source: tuple[str, ...]) -> None:
         """Write the output file (done lines) and the error file (failed lines), then the batch's final status."""

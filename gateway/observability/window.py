@@ -4,6 +4,7 @@ Every worker keeps a ring buffer of snapshots of the aggregated registry (every 
 exposition.py), one every few seconds; a window's figures are the difference between the newest snapshot
 and the oldest one inside the window, so whichever worker answers shows the same global view. The admission
 queue's figures (capacity, in flight, waiting) are gauges: read as they are now, summed over the live workers.
+The page's batches are not in these snapshots (metrics carry no ids): batch_status.py reads them from PostgreSQL.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.audit.record import AuditRecord
 from gateway.audit.writer import AuditLog
-from gateway.store.audit_queries import usage
 from gateway.store import batch_models  # noqa: F401  (the Batch API's tables: in Base.metadata too)
+from gateway.store.audit_queries import usage
 from gateway.store.db import asyncpg_dsn, create_engine
 from gateway.store.migrate import downgrade, migrate
 from gateway.store.models import BOOTSTRAP_ADMIN_ID, NO_KEY, SCHEMA, Base

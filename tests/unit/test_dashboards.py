@@ -51,6 +51,11 @@ GATEWAY_METRICS = {
     "citadel_llm_admission_capacity",
     "citadel_llm_alias_requests_total",
     "citadel_llm_alias_fallbacks_total",
+    # The Batch API (gateway/observability/batch_metrics.py).
+    "citadel_llm_batches",
+    "citadel_llm_batch_lines_pending",
+    "citadel_llm_batch_lines_total",
+    "citadel_llm_batch_runner_leader",
 }
 # The outcomes of citadel_llm_admission_total that shed a request (SHED_OUTCOMES in admission_metrics.py).
 SHED_OUTCOMES = ("queue_full", "key_share", "timeout")
@@ -63,6 +68,14 @@ CAPACITY_METRICS = {
     "citadel_llm_admission_capacity",
     "citadel_llm_alias_requests_total",
     "citadel_llm_alias_fallbacks_total",
+}
+# Issue 17 part 5: what the overview shows of batches (the wait is the admission queue's, batch class).
+BATCH_METRICS = {
+    "citadel_llm_batches",
+    "citadel_llm_batch_lines_pending",
+    "citadel_llm_batch_lines_total",
+    "citadel_llm_batch_runner_leader",
+    "citadel_llm_queue_wait_seconds_bucket",
 }
 VLLM_METRICS = {
     "vllm:num_requests_running",
@@ -196,3 +209,15 @@ def test_dashboards_show_the_admission_queue_and_the_aliases() -> None:
         assert waits and all("histogram_quantile(" in expr and "priority" in expr for expr in waits), file
     overview = [expr for where, expr in dashboard_queries() if where.startswith("overview.json: Shed")]
     assert overview and all(outcome in overview[0] for outcome in SHED_OUTCOMES)
+
+
+def test_the_overview_has_a_batches_row() -> None:
+    board = dashboards()["overview.json"]
+    [row] = [panel for panel in board["panels"] if panel["type"] == "row" and panel["title"].startswith("Batches")]
+    inside = [panel for panel in board["panels"] if panel["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    queries = [target["expr"] for panel in inside for target in panel["targets"]]
+    assert set().union(*(metric_names(expr) for expr in queries)) == BATCH_METRICS
+    # Lines per second is a rate of the counter; the gauges are one leader's values, read with max, never summed.
+    assert any("rate(citadel_llm_batch_lines_total[" in expr for expr in queries)
+    assert all("max" in expr for expr in queries if "citadel_llm_batches" in metric_names(expr))
+    assert any('priority="batch"' in expr for expr in queries if "citadel_llm_queue_wait_seconds_bucket" in expr)
