@@ -11,7 +11,7 @@ PIP_TORCH := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 CODE := gateway services tests bench migrations
 
-.PHONY: help install install-models system-deps run migrate test test-fast audit lint format bench bench-e2e bench-mttr bench-fairness clean up down logs compose-env wheelhouse
+.PHONY: help install install-models system-deps run migrate test test-fast audit lint format bench bench-e2e bench-mttr bench-fairness bench-batch clean up down logs compose-env wheelhouse
 
 help:
 	@echo "make run             install, prepare the demo models, start vLLM + gateway (Ctrl-C stops all)"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-e2e       the gateway against the real demo vLLM server directly, concurrency 8 (minutes)"
 	@echo "make bench-mttr      kill -9 each server of a stack of its own under load: time to recovery (5-15 min)"
 	@echo "make bench-fairness  a light key and a flooding key on the real demo vLLM, admission queue off/on (~10 min)"
+	@echo "make bench-batch     a 1,000-line batch on the real demo vLLM: throughput, interactive latency idle/while it runs"
 	@echo "make clean           remove caches, logs and the demo model (keeps the venvs and the local database)"
 
 install: $(VENV)/.installed
@@ -173,6 +174,9 @@ bench-mttr: install install-models
 
 bench-fairness: install install-models
 	$(VENV)/bin/python -m bench.fairness $(BENCH_ARGS)
+
+bench-batch: install install-models
+	$(VENV)/bin/python -m bench.batch $(BENCH_ARGS)
 
 clean:
 	@# Keeps .cache/citadel/postgres and audit-spool: they hold keys and audit rows, not caches.
