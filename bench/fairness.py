@@ -1,6 +1,6 @@
 """Fairness benchmark: a light key's latency and two keys' throughput shares under a flood, on the real demo vLLM.
 
-Run from the repo root: `python -m bench.fairness [--runs N] [--concurrency 7 ...]` (`make bench-fairness`).
+Run from the repo root: `python -m bench.fairness [--runs N] [--concurrency 4 ...]` (`make bench-fairness`).
 It starts the local stack as `make run` does (`python -m services.stack`: PostgreSQL, Redis, the demo chat and
 embedding vLLM CPU servers; data kept in .cache/citadel-bench-fairness), then gateways of its own on the stack's
 servers: one with the admission queue off (CITADEL_ADMISSION_ENABLED=false) and one with it on per concurrency
@@ -331,8 +331,8 @@ def main() -> int:
         "--concurrency",
         type=int,
         nargs="+",
-        default=[7],
-        help="requests at once the queue-on gateways admit to the demo chat server (its max_concurrency; shipped: 7)",
+        default=[4],
+        help="requests at once the queue-on gateways admit to the demo chat server (its max_concurrency; shipped: 4)",
     )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that the stack is stopped

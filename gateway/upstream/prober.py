@@ -105,6 +105,7 @@ class HealthProber:
 
     async def _read_load(self, replica: Replica) -> None:
         assert replica.session is not None
+        ours_before = replica.outstanding
         try:
             async with replica.session.get("/metrics", timeout=self._timeout) as response:
                 if response.status != 200:
@@ -114,8 +115,9 @@ class HealthProber:
             return
         if report is not None:
             # This worker's share of vLLM's figures as they were read (the admission gate subtracts it to see the
-            # other workers' and gateways' load).
-            report.ours = replica.outstanding
+            # other workers' and gateways' load). The figures were taken somewhere between the request and its
+            # answer: the larger of this worker's counts then, so that its own requests never pass for others'.
+            report.ours = max(ours_before, replica.outstanding)
             replica.load = report
 
     async def _loop(self) -> None:

@@ -59,8 +59,8 @@ def test_local_profile_serves_four_chat_names_from_one_demo_server() -> None:
     assert all(spec.max_tokens == 2048 for spec in chat)
     assert catalog.models["embed"].backends == ["http://127.0.0.1:11404"]
     assert [s.name for s in catalog.servers] == ["demo-chat", "embed"]
-    # The server's admission concurrency (its 8 sequences minus the gate's extra seat) for every name it serves.
-    assert {spec.max_concurrency for spec in catalog.models.values()} == {7}
+    # The server's admission concurrency for every name it serves.
+    assert {spec.max_concurrency for spec in catalog.models.values()} == {4}
 
 
 def test_unknown_profile_is_a_clear_error() -> None:
