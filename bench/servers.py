@@ -132,6 +132,9 @@ def start_backends(
     backends = Backends(tmp, load_cpu, port, upstream)
     env = base | {"CITADEL_ADMIN_KEY": ADMIN_KEY, "CITADEL_CONFIG_PATH": str(models), "CITADEL_PROFILE": ""}
     env["CITADEL_AUDIT_SPOOL_DIR"] = str(tmp / "audit-spool")  # used only while PostgreSQL is away (or absent)
+    # The admission queue runs (its gate on every request), sized for the fake upstream, which answers any number
+    # at once: a CPU model server's 4 would measure the queue's waiting, not the gateway's overhead.
+    env["CITADEL_ADMISSION_CONCURRENCY"] = "1024"
     if postgres:
         backends.postgres = start_postgres(stack, tmp, progress)
         env["DATABASE_URL"] = backends.postgres.url
