@@ -85,7 +85,7 @@ def inference_routes() -> list[InferenceRoute]:
     response_model=None,
     openapi_extra={
         **json_body(ChatCompletionRequest),
-        **request_headers("X-Request-ID", "X-Session-ID", "X-Cache", "Cache-Control"),
+        **request_headers("X-Request-ID", "X-Session-ID", "X-Cache", "Cache-Control", "X-Citadel-Priority"),
     },
     responses={200: {"model": ChatCompletion, "content": event_stream(ChatCompletionChunk)}, **_INFERENCE_ERRORS},
 )
@@ -98,7 +98,10 @@ async def chat_completions(request: Request, caller: InferenceCaller) -> Respons
 @router.post(
     "/completions",
     response_model=None,
-    openapi_extra={**json_body(CompletionRequest), **request_headers("X-Request-ID", "X-Cache", "Cache-Control")},
+    openapi_extra={
+        **json_body(CompletionRequest),
+        **request_headers("X-Request-ID", "X-Cache", "Cache-Control", "X-Citadel-Priority"),
+    },
     responses={200: {"model": Completion, "content": event_stream(Completion)}, **_INFERENCE_ERRORS},
 )
 async def completions(request: Request, caller: InferenceCaller) -> Response:
@@ -109,7 +112,10 @@ async def completions(request: Request, caller: InferenceCaller) -> Response:
 @router.post(
     "/embeddings",
     response_model=None,
-    openapi_extra={**json_body(EmbeddingRequest), **request_headers("X-Request-ID", "X-Cache", "Cache-Control")},
+    openapi_extra={
+        **json_body(EmbeddingRequest),
+        **request_headers("X-Request-ID", "X-Cache", "Cache-Control", "X-Citadel-Priority"),
+    },
     responses={200: {"model": EmbeddingList}, **_INFERENCE_ERRORS},
 )
 async def embeddings(request: Request, caller: InferenceCaller) -> Response:

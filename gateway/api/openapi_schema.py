@@ -68,6 +68,10 @@ _HEADERS = {
         "schema": {"type": "string"},
         "description": "`no-store`: no cache either way; `no-cache` or `max-age=0`: not read from the cache.",
     },
+    "X-Citadel-Priority": {
+        "schema": {"type": "string", "enum": ["interactive", "batch"]},
+        "description": "The request's admission class, never above its key's (docs/capacity.md); another value: 400.",
+    },
 }
 
 
