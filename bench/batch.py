@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench import harness
 from bench.fairness import UNLIMITED, quantile_ms, span
 from bench.stats import Goal, judge, verdict_line
 from tests.support import processes
@@ -257,28 +258,15 @@ def main() -> int:
     parser.add_argument("--idle-duration", type=float, default=30.0, help="seconds of the idle latency phase")
     parser.add_argument("--max-wait", type=float, default=1200.0, help="seconds a batch may take before giving up")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that the stack is stopped
-    print(f"Request body: {json.dumps(payload())}", flush=True)
-    result: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": vars(args).copy()}
-    result |= {"request_body": payload(), "cores": os.cpu_count(), "runs": []}
+    result = harness.begin(args, payload(), runs=[])
     with ExitStack() as stack:
         url = start_stack(stack)
         keys = create_keys(url)
         for index in range(args.runs):
             progress(f"run {index + 1}/{args.runs}")
             result["runs"].append(asyncio.run(measure_run(url, keys, args)))
-    lines = report(result, args)
-    print("\n".join(lines))
-    path = ROOT / "bench" / "results" / f"batch-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nResults written to {path.relative_to(ROOT)}")
-    return 0
+    return harness.finish("batch", result, report(result, args))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted (the stack is stopped)")
-        sys.exit(130)
+    harness.run(main, progress)

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import harness
 from bench.stats import END_TO_END_GOALS, judge, percentiles, span_text, verdict_line
 from tests.support import processes
 from tests.support.ports import free_port
@@ -178,27 +179,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per target per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of direct then gateway")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that the stack is stopped
-    print(f"Request body: {json.dumps(payload(MODEL))}", flush=True)
-    result: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": vars(args).copy()}
-    result |= {"request_body": payload(MODEL), "cores": os.cpu_count()}
+    result = harness.begin(args, payload(MODEL))
     with ExitStack() as stack:
         ports = start_stack(stack)
         result["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
         result |= asyncio.run(measure(ports, args))
         result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    lines = report(result, args)
-    print("\n".join(lines))
-    path = ROOT / "bench" / "results" / f"end-to-end-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nResults written to {path.relative_to(ROOT)}")
-    return 0
+    return harness.finish("end-to-end", result, report(result, args))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted (the stack is stopped)")
-        sys.exit(130)
+    harness.run(main, progress)

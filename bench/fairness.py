@@ -38,6 +38,7 @@ import aiohttp
 import httpx
 import yaml
 
+from bench import harness
 from bench.stats import Goal, judge, verdict_line
 from services.postgres import LocalPostgres
 from tests.support import processes
@@ -335,10 +336,7 @@ def main() -> int:
         help="requests at once the queue-on gateways admit to the demo chat server (its max_concurrency; shipped: 4)",
     )
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that the stack is stopped
-    print(f"Request body: {json.dumps(payload())}", flush=True)
-    result: dict[str, Any] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": vars(args).copy()}
-    result |= {"request_body": payload(), "cores": os.cpu_count(), "runs": []}
+    result = harness.begin(args, payload(), runs=[])
     with ExitStack() as stack:
         gateways = start_stack(stack, args)
         keys = create_keys(gateways.pop("admin"))
@@ -346,18 +344,8 @@ def main() -> int:
         for index in range(args.runs):
             progress(f"run {index + 1}/{args.runs}")
             result["runs"].append(asyncio.run(measure_run(gateways, keys, args)))
-    lines = report(result, args)
-    print("\n".join(lines))
-    path = ROOT / "bench" / "results" / f"fairness-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nResults written to {path.relative_to(ROOT)}")
-    return 0
+    return harness.finish("fairness", result, report(result, args))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted (the stack is stopped)")
-        sys.exit(130)
+    harness.run(main, progress)
