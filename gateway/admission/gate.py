@@ -123,8 +123,7 @@ class Gate:
     ) -> Ticket:
         """A slot for one request, at once or after waiting its turn; raises the 503/429/499 when it cannot."""
         metrics = self._metrics(model)
-        capacity = self.capacity()
-        metrics.capacity.set(capacity or 0)
+        capacity = self.capacity()  # its gauge: set when the gate is made, then by the status board's refresh
         if self._nobody_ahead(priority) and self.has_room(priority, capacity):
             self.queue.served_at_once(key=key, weight=weight, priority=priority)
             return self._admit(key, model, priority, waited_s=0.0, metrics=metrics)

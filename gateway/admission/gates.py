@@ -41,13 +41,16 @@ class Admission:
     def gate_for(self, spec: ModelSpec) -> Gate:
         """The gate of a model's replicas (made on first use; a reload that changes them makes a new one, and the
         old one's tickets still release into it)."""
-        concurrency = spec.max_concurrency or self.settings.concurrency
-        urls = tuple(spec.backends)
-        found = self._gates.get((urls, concurrency))
+        key = self._key(spec)
+        found = self._gates.get(key)
         if found is None:
-            found = Gate(capacity=self._capacity_of(urls, concurrency), bounds=self._bounds, metrics=self.metrics)
-            self._gates[(urls, concurrency)] = found
+            found = Gate(capacity=self._capacity_of(*key), bounds=self._bounds, metrics=self.metrics)
+            self._gates[key] = found
+            self.metrics(spec.name).capacity.set(found.capacity() or 0)  # then refreshed by publish()
         return found
+
+    def _key(self, spec: ModelSpec) -> tuple[tuple[str, ...], int]:
+        return tuple(spec.backends), spec.max_concurrency or self.settings.concurrency
 
     def _capacity_of(self, urls: tuple[str, ...], concurrency: int) -> Callable[[], int | None]:
         pool, workers = self._pool, self._workers
@@ -84,12 +87,14 @@ class Admission:
         return self.settings.enabled and self.gate_for(spec).saturated()
 
     def publish(self, catalog: Catalog) -> None:
-        """Set every model's capacity gauge from the live figures (the status board's refresh calls it: between
-        requests the gauge would otherwise keep the value of the last one)."""
+        """Set the capacity gauge of every model that has a gate (a request reached its queue) from the live figures:
+        the status board's refresh calls it, so that the gauge follows replicas and load between requests."""
         if not self.settings.enabled:
             return
         for spec in catalog.models.values():
-            self.metrics(spec.name).capacity.set(self.gate_for(spec).capacity() or 0)
+            gate = self._gates.get(self._key(spec))
+            if gate is not None:
+                self.metrics(spec.name).capacity.set(gate.capacity() or 0)
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:
         """The model's gate for readiness and the status page: capacity, in flight, waiting, saturated."""
